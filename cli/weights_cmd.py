@@ -1,0 +1,139 @@
+"""`spectra weights`: run the weight-spectrum probe and write JSON/CSV/figures atomically."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+from cli.console import out_console, progress_bar
+from spectra.errors import InputError
+
+FORMATS = {"json", "csv"}
+
+
+def run_weights(
+    *,
+    path: str | None,
+    out: Path,
+    formats: str,
+    plots: bool,
+    layers: tuple[str, ...],
+    topk: int | None,
+    dtype: str,
+    threads: int | None,
+    seed: int,
+    example: bool,
+    quiet: bool,
+    table_rows: int,
+) -> None:
+    """Validate arguments, analyse, then write every requested output in one atomic step."""
+    from spectra.io import atomic_write_json, atomic_write_text, staged_directory
+    from spectra.weights import WeightsSettings, analyze_weights, report_csv
+
+    wanted = {f.strip().lower() for f in formats.split(",") if f.strip()}
+    if not wanted or wanted - FORMATS:
+        raise InputError(
+            "--format", f"unknown format(s) {sorted(wanted - FORMATS) or formats!r}; use json,csv"
+        )
+    if dtype not in ("float64", "float32"):
+        raise InputError("--dtype", f"must be float64 or float32, got {dtype!r}")
+    if topk is not None and topk < 1:
+        raise InputError("--topk", f"must be >= 1, got {topk}")
+    if threads is not None and threads < 1:
+        raise InputError("--threads", f"must be >= 1, got {threads}")
+    if example == (path is not None):
+        raise InputError(None, "give exactly one of PATH or --example")
+
+    settings = WeightsSettings(layers=layers, topk=topk, dtype=dtype, threads=threads, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        if example:
+            from spectra.examples import write_example_checkpoint
+
+            source = write_example_checkpoint(Path(tmp) / "example-checkpoint", seed=seed)
+        else:
+            source = Path(path)
+        with progress_bar("weights", quiet=quiet) as update:
+            report = analyze_weights(source, settings, progress=update)
+        if not report.matrices:
+            raise InputError(report.source, "no weight matrices to analyse (every tensor was skipped)")
+
+        written: list[str] = []
+        with staged_directory(out) as stage:
+            if "json" in wanted:
+                atomic_write_json(stage / "weights.json", report.to_dict())
+                written.append("weights.json")
+            if "csv" in wanted:
+                atomic_write_text(stage / "weights.csv", report_csv(report))
+                written.append("weights.csv")
+            if example:
+                import shutil
+
+                shutil.copytree(source, stage / "example-checkpoint")
+                written.append("example-checkpoint/")
+            if plots:
+                from figures.depth import plot_metrics_vs_depth
+                from figures.esd import plot_all_esds
+
+                esd_files = plot_all_esds(report, stage / "esd")
+                plot_metrics_vs_depth(report, stage / "depth.png")
+                written.append(f"esd/ ({len(esd_files)} PNGs)")
+                written.append("depth.png")
+    if not quiet:
+        _print_table(report, table_rows)
+        out_console().print(f"wrote {', '.join(written)} to {out}")
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}g}"
+
+
+def _print_table(report, max_rows: int) -> None:
+    """A readable table of the main metrics, plus the robust model summary."""
+    from rich.table import Table
+
+    table = Table(title=f"weight spectra: {report.source}", show_lines=False)
+    for col in (
+        "matrix",
+        "shape",
+        "sigma_max",
+        "stable rank",
+        "kappa",
+        "mod kappa",
+        "alpha (n_tail)",
+        "MP spikes",
+        "status",
+    ):
+        table.add_column(col, overflow="fold")
+    rows = report.matrices
+    shown = rows if len(rows) <= max_rows else rows[:max_rows]
+    for m in shown:
+        x = m.metrics
+        if x is None:
+            table.add_row(m.name, f"{m.shape[0]}x{m.shape[1]}", "-", "-", "-", "-", "-", "-", m.status)
+            continue
+        alpha = "-" if x.alpha is None else f"{x.alpha:.3g} ({x.n_tail})"
+        table.add_row(
+            m.name, f"{m.shape[0]}x{m.shape[1]}", _fmt(x.sigma_max), _fmt(x.stable_rank), _fmt(x.condition_number),
+            _fmt(x.modified_condition_number), alpha, _fmt(x.mp_n_spikes), m.status,
+        )  # fmt: skip
+    console = out_console()
+    console.print(table)
+    if len(rows) > max_rows:
+        console.print(
+            f"... {len(rows) - max_rows} more rows in the JSON/CSV output (--table-rows to show more)"
+        )
+    skipped = [r for r in report.inventory if r.status == "skipped"]
+    console.print(
+        f"{len(report.matrices)} matrices from {len(report.inventory) - len(skipped)} tensors; "
+        f"{len(skipped)} tensors skipped (reasons in the JSON inventory)"
+    )
+    nonfinite = [m.name for m in report.matrices if m.status == "nonfinite"]
+    if nonfinite:
+        console.print(
+            f"[bold red]NaN/Inf weights[/] in {len(nonfinite)} matrices: {', '.join(nonfinite[:5])}"
+        )

@@ -1,0 +1,51 @@
+"""Per-matrix empirical spectral density (ESD): log-log histogram, power-law fit, MP bulk edge."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from figures._mpl import pyplot, save
+
+
+def plot_esd(singular_values: np.ndarray, metrics, path: str | Path, title: str = "") -> Path:
+    """Draw the eigenvalue (sigma^2) histogram of one matrix with its fitted tail and MP edge."""
+    plt = pyplot()
+    lam = np.asarray(singular_values, dtype=np.float64) ** 2
+    lam = lam[lam > 0]
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    if lam.size:
+        lo, hi = lam.min(), lam.max()
+        bins = np.geomspace(lo, hi * 1.0001, max(10, min(80, lam.size // 4 + 1))) if hi > lo else 10
+        ax.hist(lam, bins=bins, density=True, color="#4c72b0", alpha=0.75, label="ESD")
+        alpha, xmin, n_tail = (getattr(metrics, k, None) for k in ("alpha", "xmin", "n_tail"))
+        if alpha is not None and xmin and n_tail:
+            x = np.geomspace(xmin, hi, 50)
+            # continuous power law above xmin, scaled to the tail's share of all eigenvalues
+            pdf = (n_tail / lam.size) * (alpha - 1) / xmin * (x / xmin) ** (-alpha)
+            ax.plot(x, pdf, color="#c44e52", lw=2, label=f"power law alpha={alpha:.2f} (n_tail={n_tail})")
+            ax.axvline(xmin, color="#c44e52", ls=":", lw=1)
+        edge = getattr(metrics, "mp_bulk_edge", None)
+        if edge:
+            ax.axvline(edge**2, color="#55a868", ls="--", lw=1.5, label="MP bulk edge")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue of W^T W (sigma^2)")
+    ax.set_ylabel("density")
+    ax.set_title(title or getattr(metrics, "name", ""), fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    return save(fig, path)
+
+
+def plot_all_esds(report, folder: str | Path) -> list[Path]:
+    """One ESD PNG per analysed matrix of a :class:`spectra.weights.WeightsReport`."""
+    folder = Path(folder)
+    paths = []
+    for m in report.matrices:
+        if m.metrics is None or m.singular_values is None:
+            continue
+        fname = re.sub(r"[^A-Za-z0-9_.-]+", "_", m.name).strip("_") + ".png"
+        paths.append(plot_esd(m.singular_values, m.metrics, folder / fname, title=m.name))
+    return paths

@@ -1,0 +1,1 @@
+"""hessian-spectra: curvature and weight spectra of PyTorch checkpoints."""

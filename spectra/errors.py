@@ -1,0 +1,25 @@
+"""Errors the tool raises on purpose: each renders as one line naming the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SpectraError(Exception):
+    """Base class for every error the CLI turns into a one-line message and exit code 2."""
+
+
+class InputError(SpectraError):
+    """Bad user input (missing/corrupt/unsafe checkpoint, NaN weights where fatal, wrong shapes).
+
+    ``str(err)`` is ``"<path>: <problem>"`` so the CLI can print it as the whole message.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative method stopped before meeting its tolerance; the result says how far off it is."""

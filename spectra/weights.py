@@ -1,0 +1,312 @@
+"""The weight-spectrum probe: checkpoint -> matrices -> singular values -> metrics -> one report.
+
+Tensors are read one at a time from the checkpoint, turned into matrices by the rules in
+:mod:`spectra.matrices`, and reduced to singular values in float64 (or the requested dtype); only the
+singular values are kept, so peak memory is about the largest tensor plus working space.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectra.checkpoint import FileInfo, open_checkpoint
+from spectra.matrices import ExtractOptions, MatrixView, TensorRecord, extract_matrices, plan_tensor
+from spectra.metrics import MatrixMetrics, ModelSummary, compute_metrics, summarize
+from spectra.roles import tensor_role
+from spectra.svd import partial_singular_values, singular_values
+
+SCHEMA_VERSION = "hessian-spectra/weights/1"
+
+#: Matrices with more elements than this get a partial (top/bottom-k) spectrum unless told otherwise.
+DEFAULT_FULL_MAX_ELEMENTS = 150_000_000
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class WeightsSettings:
+    """Everything that changes the numbers of a weights report (recorded in its provenance)."""
+
+    layers: tuple[str, ...] = ()
+    topk: int | None = None
+    dtype: str = "float64"
+    method: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    full_max_elements: int = DEFAULT_FULL_MAX_ELEMENTS
+    min_dim: int = 2
+    conv_rule: str = "flatten"
+    split_qkv: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MatrixReport:
+    """One analysed matrix: where it came from, its status and its metrics.
+
+    ``status`` is ``"ok"``, ``"partial"`` (top/bottom-k only: full-spectrum metrics are None) or
+    ``"nonfinite"`` (the matrix holds NaN/Inf; no metrics are computed, ``n_nonfinite`` says how many).
+    """
+
+    name: str
+    tensor_name: str
+    kind: str
+    role: str
+    shape: tuple[int, int]
+    status: str
+    note: str
+    n_nonfinite: int
+    metrics: MatrixMetrics | None
+    singular_values: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tensor_name": self.tensor_name,
+            "kind": self.kind,
+            "role": self.role,
+            "shape": list(self.shape),
+            "status": self.status,
+            "note": self.note,
+            "n_nonfinite": self.n_nonfinite,
+            "metrics": None if self.metrics is None else self.metrics.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """The result of :func:`analyze_weights`: inventory, per-matrix metrics, summary and provenance."""
+
+    source: str
+    files: tuple[FileInfo, ...]
+    inventory: tuple[TensorRecord, ...]
+    matrices: tuple[MatrixReport, ...]
+    summary: ModelSummary
+    settings: WeightsSettings
+    provenance: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "source": self.source,
+            "files": [asdict(f) for f in self.files],
+            "settings": self.settings.to_dict(),
+            "provenance": self.provenance,
+            "notes": list(self.notes),
+            "summary": self.summary.to_dict(),
+            "matrices": [m.to_dict() for m in self.matrices],
+            "inventory": [_record_dict(r) for r in self.inventory],
+        }
+
+
+def analyze_weights(
+    source: str | Path | torch.nn.Module,
+    settings: WeightsSettings | None = None,
+    *,
+    progress: Progress | None = None,
+) -> WeightsReport:
+    """Run the weight-spectrum probe on a checkpoint path or a live module (never modified)."""
+    settings = settings or WeightsSettings()
+    if settings.dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be float64 or float32, got {settings.dtype!r}")
+    compute_dtype = torch.float64 if settings.dtype == "float64" else torch.float32
+    options = ExtractOptions(
+        min_dim=settings.min_dim, conv_rule=settings.conv_rule, split_qkv=settings.split_qkv
+    )
+    old_threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    started = time.perf_counter()
+    try:
+        with open_checkpoint(source) as ckpt:
+            records: list[TensorRecord] = []
+            for name in ckpt.names():
+                record = plan_tensor(
+                    ckpt.meta(name),
+                    config=ckpt.config,
+                    module_type=ckpt.module_types.get(name),
+                    options=options,
+                )
+                if record.status == "analysed" and settings.layers and not _selected(name, settings.layers):
+                    record = _skip(record, "not selected by --layers")
+                records.append(record)
+            todo = [r for r in records if r.status == "analysed"]
+            results: list[MatrixReport] = []
+            for i, record in enumerate(todo):
+                if progress is not None:
+                    progress(i, len(todo), record.name)
+                tensor = ckpt.load(record.name)
+                views = extract_matrices(
+                    record,
+                    tensor,
+                    config=ckpt.config,
+                    module_type=ckpt.module_types.get(record.name),
+                    options=options,
+                )
+                for view in views:
+                    results.append(_analyse_view(view, ckpt.config, settings, compute_dtype))
+                del tensor, views
+            if progress is not None:
+                progress(len(todo), len(todo), "")
+            files = tuple(ckpt.files)
+            notes = tuple(ckpt.notes)
+            display = ckpt.source
+    finally:
+        if settings.threads:
+            torch.set_num_threads(old_threads)
+    elapsed = time.perf_counter() - started
+    summary = summarize([m.metrics for m in results if m.metrics is not None])
+    return WeightsReport(
+        source=display,
+        files=files,
+        inventory=tuple(records),
+        matrices=tuple(results),
+        summary=summary,
+        settings=settings,
+        provenance=provenance(settings.seed, {"analysis_seconds": round(elapsed, 4)}),
+        notes=notes,
+    )
+
+
+def _analyse_view(
+    view: MatrixView, config: dict | None, settings: WeightsSettings, compute_dtype: torch.dtype
+) -> MatrixReport:
+    """Singular values and metrics of one matrix; NaN/Inf are reported, never raised."""
+    matrix = view.matrix
+    shape = (int(matrix.shape[0]), int(matrix.shape[1]))
+    role = tensor_role(view.tensor_name, config)
+    n_bad = int((~torch.isfinite(matrix)).sum()) if matrix.is_floating_point() else 0
+    if n_bad:
+        return MatrixReport(
+            view.name, view.tensor_name, view.kind, role, shape, "nonfinite",
+            _join(view.note, f"{n_bad} NaN/Inf entries: metrics not computed"), n_bad, None,
+        )  # fmt: skip
+    numel = shape[0] * shape[1]
+    k = settings.topk
+    note = view.note
+    if k is None and numel > settings.full_max_elements:
+        k = 64
+        note = _join(
+            note, f"{numel} elements > full_max_elements={settings.full_max_elements}: top/bottom-{k} only"
+        )
+    if k is not None and k < min(shape):
+        part = partial_singular_values(matrix, k, which="both", seed=settings.seed)
+        metrics = compute_metrics(part.top, shape, name=view.name, dtype=settings.dtype, partial=part)
+        sv = part.top
+        status = "partial"
+    else:
+        sv = singular_values(matrix, dtype=compute_dtype, method=settings.method)
+        metrics = compute_metrics(sv, shape, name=view.name, dtype=settings.dtype)
+        status = "ok"
+    return MatrixReport(view.name, view.tensor_name, view.kind, role, shape, status, note, 0, metrics, sv)
+
+
+def provenance(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Versions, platform, time and seed: what a reader needs to reproduce a report."""
+    import scipy
+
+    try:
+        from importlib.metadata import version
+
+        own = version("hessian-spectra")
+    except Exception:  # not installed (running from a checkout)
+        own = "0+unknown"
+    info: dict[str, Any] = {
+        "tool": "hessian-spectra",
+        "tool_version": own,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "seed": seed,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch_threads": torch.get_num_threads(),
+    }
+    info.update(extra or {})
+    return info
+
+
+CSV_COLUMNS_HEAD = ("name", "tensor_name", "kind", "role", "rows", "cols", "status", "n_nonfinite")
+
+
+def report_rows(report: WeightsReport) -> list[dict[str, Any]]:
+    """Flatten the per-matrix results into CSV rows (one per matrix, metrics as columns)."""
+    rows = []
+    for m in report.matrices:
+        row: dict[str, Any] = {
+            "name": m.name, "tensor_name": m.tensor_name, "kind": m.kind, "role": m.role,
+            "rows": m.shape[0], "cols": m.shape[1], "status": m.status, "n_nonfinite": m.n_nonfinite,
+        }  # fmt: skip
+        if m.metrics is not None:
+            for key, value in m.metrics.to_dict().items():
+                if key in ("name", "shape"):
+                    continue
+                if isinstance(value, dict):
+                    for sub, subval in value.items():
+                        row[f"{key}_{sub}"] = subval
+                elif isinstance(value, list | tuple):
+                    row[key] = "; ".join(str(v) for v in value)
+                else:
+                    row[key] = value
+        row["note"] = m.note
+        rows.append(row)
+    return rows
+
+
+def report_csv(report: WeightsReport) -> str:
+    """The CSV text of :func:`report_rows` (columns in first-seen order; empty cell = not computed)."""
+    import csv
+    import io
+    import math
+
+    rows = report_rows(report)
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        clean = {
+            k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
+            for k, v in row.items()
+        }
+        writer.writerow(clean)
+    return buf.getvalue()
+
+
+def _selected(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _skip(record: TensorRecord, reason: str) -> TensorRecord:
+    from dataclasses import replace
+
+    return replace(record, status="skipped", reason=reason, matrices=())
+
+
+def _record_dict(record: TensorRecord) -> dict[str, Any]:
+    d = asdict(record)
+    d["shape"] = list(record.shape)
+    d["matrices"] = list(record.matrices)
+    return d
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
