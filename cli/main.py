@@ -7,8 +7,6 @@ printed as one line naming the file and the problem, with exit code 2, and no pa
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
@@ -24,39 +22,6 @@ app = typer.Typer(
 
 
 @app.command()
-def weights(
-    path: Annotated[
-        str | None,
-        typer.Argument(help="Checkpoint: .safetensors, sharded index, HF folder, .bin/.pt state dict."),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("spectra-out/weights"),
-    format: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv.")] = "json,csv",
-    plots: Annotated[bool, typer.Option("--plots", help="Also write ESD and depth figures (PNG).")] = False,
-    layers: Annotated[
-        list[str] | None, typer.Option("--layers", help="Glob on tensor names; repeat for several.")
-    ] = None,
-    topk: Annotated[
-        int | None, typer.Option("--topk", help="Only the top/bottom-K singular values (huge matrices).")
-    ] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="float64 (exact) or float32.")] = "float64",
-    threads: Annotated[int | None, typer.Option("--threads", help="Torch threads for the SVDs.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for randomized partial spectra.")] = 0,
-    example: Annotated[
-        bool, typer.Option("--example", help="Write a small built-in checkpoint into OUT and analyse it.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
-    table_rows: Annotated[int, typer.Option("--table-rows", help="Rows of the terminal table.")] = 40,
-) -> None:
-    """Singular-value spectra and metrics of every weight matrix (ranks, condition numbers, alpha, MP)."""
-    from cli.weights_cmd import run_weights
-
-    run_weights(
-        path=path, out=out, formats=format, plots=plots, layers=tuple(layers or ()), topk=topk, dtype=dtype,
-        threads=threads, seed=seed, example=example, quiet=quiet, table_rows=table_rows,
-    )  # fmt: skip
-
-
-@app.command()
 def version() -> None:
     """Print the versions of hessian-spectra and its main dependencies."""
     from spectra.weights import provenance
@@ -64,6 +29,17 @@ def version() -> None:
     info = provenance(seed=0)
     for key in ("tool_version", "python", "torch", "numpy", "scipy"):
         typer.echo(f"{key}: {info[key]}")
+
+
+def _register_commands() -> None:
+    """Each command lives in its own module with a ``register(app)`` function; add new ones here."""
+    from cli import weights_cmd
+
+    for module in (weights_cmd,):
+        module.register(app)
+
+
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

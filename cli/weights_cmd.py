@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from cli.console import out_console, progress_bar
 from spectra.errors import InputError
@@ -137,3 +140,38 @@ def _print_table(report, max_rows: int) -> None:
         console.print(
             f"[bold red]NaN/Inf weights[/] in {len(nonfinite)} matrices: {', '.join(nonfinite[:5])}"
         )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``spectra weights`` to the app."""
+    app.command(name="weights")(weights)
+
+
+def weights(
+    path: Annotated[
+        str | None,
+        typer.Argument(help="Checkpoint: .safetensors, sharded index, HF folder, .bin/.pt state dict."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("spectra-out/weights"),
+    format: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv.")] = "json,csv",
+    plots: Annotated[bool, typer.Option("--plots", help="Also write ESD and depth figures (PNG).")] = False,
+    layers: Annotated[
+        list[str] | None, typer.Option("--layers", help="Glob on tensor names; repeat for several.")
+    ] = None,
+    topk: Annotated[
+        int | None, typer.Option("--topk", help="Only the top/bottom-K singular values (huge matrices).")
+    ] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="float64 (exact) or float32.")] = "float64",
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch threads for the SVDs.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for randomized partial spectra.")] = 0,
+    example: Annotated[
+        bool, typer.Option("--example", help="Write a small built-in checkpoint into OUT and analyse it.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
+    table_rows: Annotated[int, typer.Option("--table-rows", help="Rows of the terminal table.")] = 40,
+) -> None:
+    """Singular-value spectra and metrics of every weight matrix (ranks, condition numbers, alpha, MP)."""
+    run_weights(
+        path=path, out=out, formats=format, plots=plots, layers=tuple(layers or ()), topk=topk, dtype=dtype,
+        threads=threads, seed=seed, example=example, quiet=quiet, table_rows=table_rows,
+    )  # fmt: skip
