@@ -51,7 +51,7 @@ with open_checkpoint(sys.argv[1]) as ck:
     for name in ck.names():
         rec = plan_tensor(ck.meta(name), config=ck.config)
         if rec.status == "analysed":
-            views += extract_matrices(rec, ck.load(name), config=ck.config)
+            views += extract_matrices(rec, ck.load(name))
 t0 = time.perf_counter()
 for v in views:
     sv = singular_values(v.matrix)

@@ -16,10 +16,10 @@ def err_console():
 
 
 def out_console():
-    """A rich console on stdout for result tables."""
+    """A rich console on stdout for result tables (wide when piped, so rows are not folded)."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -22,7 +22,6 @@ import torch
 from spectra.checkpoint import FileInfo, open_checkpoint
 from spectra.matrices import ExtractOptions, MatrixView, TensorRecord, extract_matrices, plan_tensor
 from spectra.metrics import MatrixMetrics, ModelSummary, compute_metrics, summarize
-from spectra.roles import tensor_role
 from spectra.svd import partial_singular_values, singular_values
 
 SCHEMA_VERSION = "hessian-spectra/weights/1"
@@ -149,13 +148,7 @@ def analyze_weights(
                 if progress is not None:
                     progress(i, len(todo), record.name)
                 tensor = ckpt.load(record.name)
-                views = extract_matrices(
-                    record,
-                    tensor,
-                    config=ckpt.config,
-                    module_type=ckpt.module_types.get(record.name),
-                    options=options,
-                )
+                views = extract_matrices(record, tensor)
                 for view in views:
                     results.append(_analyse_view(view, ckpt.config, settings, compute_dtype))
                 del tensor, views
@@ -187,7 +180,7 @@ def _analyse_view(
     """Singular values and metrics of one matrix; NaN/Inf are reported, never raised."""
     matrix = view.matrix
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
-    role = tensor_role(view.tensor_name, config)
+    role = view.role
     n_bad = int((~torch.isfinite(matrix)).sum()) if matrix.is_floating_point() else 0
     if n_bad:
         return MatrixReport(
@@ -204,7 +197,7 @@ def _analyse_view(
         )
     if k is not None and k < min(shape):
         part = partial_singular_values(matrix, k, which="both", seed=settings.seed)
-        metrics = compute_metrics(part.top, shape, name=view.name, dtype=settings.dtype, partial=part)
+        metrics = compute_metrics(None, shape, name=view.name, dtype=settings.dtype, partial=part)
         sv = part.top
         status = "partial"
     else:

@@ -1,0 +1,287 @@
+"""The Hessian side of a report: full-model extreme eigenvalues (Lanczos), full-model density and trace
+(SLQ), and per-block densities, lambda_max and traces (block-diagonal SLQ with chains in lockstep).
+
+:func:`estimate_cost` says how many HVPs a run will take before any is done; :func:`run_hessian` does
+the work and calls ``progress(done, total, label)`` with HVP counts as it goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from spectra.blocks import Block, head_blocks, parameter_blocks
+from spectra.errors import InputError
+from spectra.io import json_safe
+from spectra.lanczos import LanczosResult, default_max_steps, lanczos
+from spectra.slq import SLQResult, slq, slq_lockstep
+
+__all__ = [
+    "HessianSettings",
+    "CostEstimate",
+    "HessianReport",
+    "choose_blocks",
+    "estimate_cost",
+    "run_hessian",
+]
+
+BLOCKINGS = ("tensor", "head")
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class HessianSettings:
+    """Budget and choices of a Hessian run.
+
+    ``top_k``: extreme eigenvalues per side; ``lanczos_steps``: cap (None: ``default_max_steps``);
+    ``probes``/``steps``: full-model SLQ; ``block_probes``/``block_steps``: block SLQ; ``blocks``:
+    ``"tensor"`` (one block per parameter tensor) or ``"head"`` (Q/K/V projections split per head, needs
+    ``n_heads``); ``full``/``block``: which parts to run.
+    """
+
+    top_k: int = 5
+    lanczos_steps: int | None = None
+    probes: int = 10
+    steps: int = 50
+    block_probes: int = 10
+    block_steps: int = 50
+    blocks: str = "tensor"
+    n_heads: int | None = None
+    params: tuple[str, ...] | None = None
+    full: bool = True
+    block: bool = True
+    seed: int = 0
+    mode: str = "auto"
+    dtype: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the bad option."""
+        for key in ("top_k", "probes", "steps", "block_probes", "block_steps"):
+            if int(getattr(self, key)) < 1:
+                raise InputError(f"--{key.replace('_', '-')}", f"must be >= 1, got {getattr(self, key)}")
+        if self.lanczos_steps is not None and self.lanczos_steps < 1:
+            raise InputError("--lanczos-steps", f"must be >= 1, got {self.lanczos_steps}")
+        if self.blocks not in BLOCKINGS:
+            raise InputError(
+                "--blocks", f"unknown blocking {self.blocks!r}; use one of {', '.join(BLOCKINGS)}"
+            )
+        if self.blocks == "head" and not self.n_heads:
+            raise InputError("--heads", "per-head blocks need the number of attention heads")
+        if self.dtype not in (None, "float32", "float64"):
+            raise InputError("--dtype", f"must be float32 or float64, got {self.dtype!r}")
+        if not (self.full or self.block):
+            raise InputError(None, "nothing to do: both the full-model and the block analysis are off")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """HVP counts before the run (upper bounds: Lanczos may stop early once converged).
+
+    A lockstep block step costs one graph build per batch plus one pruned backward per block, about
+    one full HVP or a little more; ``total_hvps`` counts it as one.
+    """
+
+    dim: int
+    num_blocks: int
+    num_batches: int
+    lanczos_hvps: int
+    slq_hvps: int
+    block_lockstep_calls: int
+    block_backwards: int
+    total_hvps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (
+            f"up to {self.total_hvps} HVPs on {self.num_batches} batch(es), dim {self.dim}: Lanczos <= "
+            f"{self.lanczos_hvps}, full SLQ {self.slq_hvps}, block SLQ {self.block_lockstep_calls} lockstep "
+            f"steps over {self.num_blocks} blocks ({self.block_backwards} pruned block backwards per batch)"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class HessianReport:
+    """Everything the Hessian probe measured; ``to_dict`` is JSON-safe (block nodes/weights included)."""
+
+    settings: HessianSettings
+    cost: CostEstimate
+    dim: int
+    lanczos: LanczosResult | None
+    density: SLQResult | None
+    blocks: tuple[Block, ...]
+    block_results: tuple[SLQResult, ...]
+    num_hvps: int
+    seconds: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    weighting: str = ""
+
+    def block_summary(self) -> list[dict[str, Any]]:
+        """Per block: name, parameter, dim, lambda_max/lambda_min (extreme Ritz values), trace +- stderr."""
+        return [
+            {
+                "name": b.name, "param": b.param, "dim": r.dim, "lambda_max": r.ritz_max, "lambda_min": r.ritz_min,
+                "trace": r.trace, "trace_stderr": r.trace_stderr, "probes": r.num_probes, "steps": r.steps,
+            }
+            for b, r in zip(self.blocks, self.block_results, strict=True)
+        ]  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        density = None
+        if self.density is not None:
+            d = self.density.density()
+            density = {**self.density.to_dict(), "grid": d.grid, "values": d.values, "sigma": d.sigma}
+        return json_safe(
+            {
+                "settings": self.settings.to_dict(),
+                "cost_estimate": self.cost.to_dict(),
+                "dim": self.dim,
+                "num_hvps": self.num_hvps,
+                "seconds": self.seconds,
+                "weighting": self.weighting,
+                "notes": list(self.notes),
+                "lanczos": None if self.lanczos is None else self.lanczos.to_dict(),
+                "density": density,
+                "blocks": [
+                    {**s, "nodes": r.nodes, "weights": r.weights, "block": b.to_dict()}
+                    for s, b, r in zip(self.block_summary(), self.blocks, self.block_results, strict=True)
+                ],
+            }
+        )
+
+
+def choose_blocks(operator: Any, settings: HessianSettings) -> list[Block]:
+    """The blocks of the block analysis: whole tensors, or Q/K/V projections split per head."""
+    blocks = parameter_blocks(operator)
+    if settings.blocks == "tensor":
+        return blocks
+    from spectra.roles import tensor_role
+
+    out: list[Block] = []
+    for b in blocks:
+        role = tensor_role(b.param)
+        if role in ("q", "k", "v") and len(b.shape) == 2 and b.shape[0] % int(settings.n_heads or 1) == 0:
+            out.extend(head_blocks(operator, b.param, int(settings.n_heads or 1)))
+        elif role == "qkv" and len(b.shape) == 2 and b.shape[0] % (3 * int(settings.n_heads or 1)) == 0:
+            d = b.shape[0] // 3
+            for i, part in enumerate("qkv"):
+                out.extend(head_blocks(operator, b.param, int(settings.n_heads or 1), offset=i * d,
+                                       prefix=f"{b.param}:{part}"))  # fmt: skip
+        else:
+            out.append(b)
+    return out
+
+
+def estimate_cost(
+    dim: int, num_batches: int, block_dims: Sequence[int], settings: HessianSettings
+) -> CostEstimate:
+    """HVP counts of a run with these sizes (no model needed; see :class:`CostEstimate`)."""
+    lz = sl = calls = backs = 0
+    if settings.full:
+        lz = int(settings.lanczos_steps or default_max_steps(dim, settings.top_k))
+        lz = min(lz, dim)
+        sl = settings.probes * min(settings.steps, dim)
+    if settings.block and block_dims:
+        calls = settings.block_probes * min(settings.block_steps, max(block_dims))
+        backs = sum(settings.block_probes * min(settings.block_steps, d) for d in block_dims)
+    return CostEstimate(
+        dim=dim, num_blocks=len(block_dims) if settings.block else 0, num_batches=num_batches,
+        lanczos_hvps=lz, slq_hvps=sl, block_lockstep_calls=calls, block_backwards=backs, total_hvps=lz + sl + calls,
+    )  # fmt: skip
+
+
+class _Counted:
+    """Wraps an operator so every matvec advances the progress callback."""
+
+    def __init__(self, op: Any, tick: Callable[[str], None], label: str):
+        self._op, self._tick, self._label = op, tick, label
+        for key in ("dim", "dtype", "device", "names", "dims"):
+            if hasattr(op, key):
+                setattr(self, key, getattr(op, key))
+
+    @property
+    def num_matvecs(self) -> int:
+        return self._op.num_matvecs
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        out = self._op.matvec(v)
+        self._tick(self._label)
+        return out
+
+    def matvec_many(self, vs: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        out = self._op.matvec_many(vs)
+        self._tick(self._label)
+        return out
+
+
+def run_hessian(
+    model: nn.Module,
+    batches: Any,
+    loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    settings: HessianSettings | None = None,
+    *,
+    progress: Progress | None = None,
+    on_estimate: Callable[[CostEstimate], None] | None = None,
+) -> HessianReport:
+    """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see :mod:`spectra.operators`).
+
+    ``on_estimate(cost)`` is called once the operator is built and before the first HVP (the CLI
+    prints it); ``progress(done, total, label)`` after every HVP or lockstep block step.
+    """
+    from spectra.operators import HessianOperator
+
+    settings = settings or HessianSettings()
+    settings.validate()
+    dtype = {None: None, "float32": torch.float32, "float64": torch.float64}[settings.dtype]
+    op = HessianOperator(
+        model,
+        batches,
+        loss,
+        params=list(settings.params) if settings.params else None,
+        mode=settings.mode,
+        dtype=dtype,
+    )
+    blocks = choose_blocks(op, settings) if settings.block else []
+    cost = estimate_cost(op.dim, len(op.batches), [b.numel for b in blocks], settings)
+    if on_estimate is not None:
+        on_estimate(cost)
+    done = 0
+
+    def tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, max(cost.total_hvps, done), label)
+
+    start = time.perf_counter()
+    lz = dens = None
+    if settings.full:
+        lz = lanczos(
+            _Counted(op, tick, "Lanczos"), settings.top_k, which="both", max_steps=settings.lanczos_steps,
+            seed=settings.seed,
+        )  # fmt: skip
+        dens = slq(
+            _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed
+        )
+    results: list[SLQResult] = []
+    if blocks:
+        mop = _Counted(op.block_diagonal(blocks), tick, "block SLQ")
+        results = slq_lockstep(
+            mop, num_probes=settings.block_probes, steps=settings.block_steps, seed=settings.seed
+        )
+    seconds = time.perf_counter() - start
+    if progress is not None:
+        progress(done, done, "done")
+    return HessianReport(
+        settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
+        block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes), weighting=op.weighting,
+    )  # fmt: skip

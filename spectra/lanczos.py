@@ -1,0 +1,605 @@
+"""Lanczos for extreme eigenvalues of a symmetric operator, with float64 bookkeeping.
+
+Every scalar the recurrence produces (alpha, beta, dot products, reorthogonalisation coefficients) and
+the tridiagonal eigensolve are float64 whatever the operator dtype; vectors handed to ``matvec`` are in
+the operator's dtype and device. The basis is fully reorthogonalised (two Gram-Schmidt passes) and kept
+in the operator dtype (float32 for half-precision operators, whose rounding would wreck orthogonality).
+
+Stopping is by Ritz residuals |beta_m s_{m,i}| (each Ritz value is within its residual of a true
+eigenvalue), not by a fixed step count. Known limit of any single-vector Krylov method: an eigenvalue
+of exact multiplicity > 1 is usually seen once until the rest of the space is exhausted.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from spectra.errors import ConvergenceWarning
+from spectra.io import json_safe
+from spectra.linop import LinearOperator, MultiOperator
+
+Which = Literal["both", "largest", "smallest"]
+
+#: Default relative residual tolerance per operator dtype (about 50x the dtype's unit roundoff at least:
+#: a float32 operator cannot resolve Ritz residuals below ~1e-7 of its norm).
+DEFAULT_TOL: dict[torch.dtype, float] = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-6,
+    torch.float16: 5e-3,
+    torch.bfloat16: 3e-2,
+}
+
+# Rows of a low-precision basis upcast to float64 at once during reorthogonalisation (memory cap).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """The residual tolerance ``lanczos`` uses when none is given, for an operator of ``dtype``."""
+    return DEFAULT_TOL.get(dtype, 1e-6)
+
+
+def default_max_steps(dim: int, k: int) -> int:
+    """Step budget used when none is given: ``min(dim, max(40, 10k + 30), 300)``."""
+    return int(min(dim, max(40, 10 * k + 30), 300))
+
+
+def basis_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the Krylov basis is stored in: the operator's, but at least float32."""
+    return dtype if dtype in (torch.float64, torch.float32) else torch.float32
+
+
+def block_seed(seed: int, index: int) -> int:
+    """Seed for block ``index`` derived from ``seed`` alone, so a block's random vectors do not depend
+    on which other blocks are present (``lanczos_lockstep``/``slq_lockstep`` use it)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def random_unit_vector(dim: int, generator: torch.Generator) -> torch.Tensor:
+    """A float64 CPU Gaussian vector of norm one, drawn from ``generator``."""
+    v = torch.randn(dim, generator=generator, dtype=torch.float64)
+    return v / torch.linalg.vector_norm(v)
+
+
+class _Chain:
+    """One Lanczos recurrence advanced a step at a time (so several can run in lockstep).
+
+    ``vector()`` gives q_j in the operator dtype/device; ``push(A q_j)`` records alpha_j and beta_j and
+    forms q_{j+1}. On breakdown (beta ~ 0: the Krylov space is invariant) the chain either restarts with
+    a random vector orthogonal to the basis (``restart=True``, beta recorded as exactly 0) or stops.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        op_dtype: torch.dtype,
+        device: torch.device,
+        v0: torch.Tensor,
+        *,
+        max_steps: int,
+        reorthogonalize: bool = True,
+        restart: bool = True,
+        generator: torch.Generator | None = None,
+        breakdown_rtol: float = 0.0,
+    ):
+        self.dim = dim
+        self.op_dtype = op_dtype
+        self.device = torch.device(device)
+        self.store_dtype = basis_dtype(op_dtype)
+        self.max_steps = max_steps
+        self.reorthogonalize = reorthogonalize
+        self.restart = restart
+        self.generator = generator
+        self.breakdown_rtol = breakdown_rtol  # beta <= this * max|alpha|: invariant to tolerance
+        self.max_alpha = 0.0
+        self.alphas: list[float] = []
+        self.betas: list[float] = []  # betas[j] couples q_j and q_{j+1}
+        self.dropped = 0.0  # largest beta treated as zero at a breakdown
+        self.anorm = 0.0  # running estimate of ||A|| from the recurrence
+        self.exhausted = False
+        self.starts = [0]  # index where each Krylov block starts (a new one after each restart)
+        keep = max_steps + 1 if reorthogonalize else 2
+        self._cap = min(keep, 32) if reorthogonalize else 2
+        self._keep_all = reorthogonalize
+        self._basis = torch.zeros(self._cap, dim, dtype=self.store_dtype, device=self.device)
+        self._n = 0  # vectors stored (when keeping all)
+        q = v0.detach().to(device=self.device, dtype=torch.float64).reshape(-1)
+        if q.numel() != dim:
+            raise ValueError(f"v0 has {q.numel()} entries, the operator has dim {dim}")
+        norm = float(torch.linalg.vector_norm(q))
+        if not math.isfinite(norm) or norm == 0.0:
+            raise ValueError("v0 must be a finite nonzero vector")
+        self._append(q / norm)
+
+    # -- basis storage -------------------------------------------------------------------------
+    def _append(self, q64: torch.Tensor) -> None:
+        if self._keep_all:
+            if self._n == self._cap:
+                new_cap = min(max(2 * self._cap, 1), self.max_steps + 1)
+                grown = torch.zeros(new_cap, self.dim, dtype=self.store_dtype, device=self.device)
+                grown[: self._n] = self._basis[: self._n]
+                self._basis, self._cap = grown, new_cap
+            self._basis[self._n] = q64.to(self.store_dtype)
+            self._n += 1
+        else:  # keep only the last two vectors (q_{j-1}, q_j)
+            if self._n < 2:
+                self._basis[self._n] = q64.to(self.store_dtype)
+                self._n += 1
+            else:
+                self._basis[0] = self._basis[1]
+                self._basis[1] = q64.to(self.store_dtype)
+
+    def _q(self, j_from_end: int) -> torch.Tensor:
+        return self._basis[self._n - 1 - j_from_end].to(torch.float64)
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """The stored Lanczos vectors q_0..q_{m-1} (rows), when the full basis is kept."""
+        if not self._keep_all:
+            raise RuntimeError("the basis is only kept with reorthogonalize=True")
+        return self._basis[: self.steps]
+
+    @property
+    def steps(self) -> int:
+        return len(self.alphas)
+
+    @property
+    def done(self) -> bool:
+        return self.exhausted or self.steps >= self.max_steps
+
+    def _project_out(self, w: torch.Tensor, rows: int) -> None:
+        """w -= Q Q^T w over the first ``rows`` basis vectors, coefficients in float64 (in place)."""
+        basis = self._basis[:rows]
+        if basis.dtype == torch.float64:
+            w.sub_(basis.T @ (basis @ w))
+            return
+        step = max(1, _CHUNK_ELEMENTS // max(self.dim, 1))
+        coeffs = []
+        for start in range(0, rows, step):
+            coeffs.append(basis[start : start + step].to(torch.float64) @ w)
+        for i, start in enumerate(range(0, rows, step)):
+            w.sub_(basis[start : start + step].to(torch.float64).T @ coeffs[i])
+
+    # -- the recurrence --------------------------------------------------------------------------
+    def vector(self) -> torch.Tensor:
+        """q_j, the vector to multiply next, in the operator dtype."""
+        return self._basis[self._n - 1].to(self.op_dtype)
+
+    def push(self, aq: torch.Tensor) -> None:
+        """Record A q_j and form q_{j+1} (or stop/restart at a breakdown)."""
+        if self.done:
+            raise RuntimeError("push on a finished Lanczos chain")
+        w = aq.detach().reshape(-1).to(torch.float64)
+        if not bool(torch.isfinite(w).all()):
+            raise FloatingPointError("the operator returned a non-finite vector (NaN/Inf in the matvec)")
+        q = self._q(0)
+        alpha = float(torch.dot(q, w))
+        w.sub_(alpha * q)
+        if self.betas and self._n >= 2:
+            w.sub_(self.betas[-1] * self._q(1))
+        if self.reorthogonalize:
+            self._project_out(w, self._n)
+            self._project_out(w, self._n)
+        beta = float(torch.linalg.vector_norm(w))
+        prev = self.betas[-1] if self.betas else 0.0
+        self.anorm = max(self.anorm, math.sqrt(alpha * alpha + beta * beta + prev * prev))
+        self.alphas.append(alpha)
+        eps = float(torch.finfo(self.op_dtype).eps) if self.op_dtype.is_floating_point else 1e-16
+        self.max_alpha = max(self.max_alpha, abs(alpha))
+        threshold = max(
+            10.0 * eps * max(self.anorm, 1e-300) * math.sqrt(self.dim), self.breakdown_rtol * self.max_alpha
+        )
+        if self.steps >= self.dim:
+            self.betas.append(beta)
+            self.exhausted = True
+            return
+        if beta <= threshold:
+            self.dropped = max(self.dropped, beta)
+            if not (self.restart and self.reorthogonalize) or self.generator is None:
+                self.betas.append(beta)
+                self.exhausted = True
+                return
+            for _ in range(3):  # a fresh direction orthogonal to the (invariant) Krylov space
+                r = torch.randn(self.dim, generator=self.generator, dtype=torch.float64).to(self.device)
+                self._project_out(r, self._n)
+                self._project_out(r, self._n)
+                rn = float(torch.linalg.vector_norm(r))
+                if rn > 1e-8:
+                    break
+            else:
+                self.betas.append(beta)
+                self.exhausted = True
+                return
+            self.betas.append(0.0)
+            self.starts.append(self.steps)
+            if not self.done:
+                self._append(r / rn)
+            return
+        self.betas.append(beta)
+        if not self.done:
+            self._append(w / beta)
+
+    def tridiagonal(self) -> tuple[np.ndarray, np.ndarray]:
+        """(alphas, off-diagonal betas) of T_m, float64."""
+        a = np.asarray(self.alphas, dtype=np.float64)
+        b = np.asarray(self.betas[: max(self.steps - 1, 0)], dtype=np.float64)
+        return a, b
+
+    @property
+    def residual_beta(self) -> float:
+        """beta_m, the coupling out of the current Krylov space (0 when it is invariant)."""
+        if self.steps == 0:
+            return float("nan")
+        if self.exhausted and self.steps >= self.dim:
+            return 0.0
+        return self.betas[self.steps - 1]
+
+
+def _eig_tridiagonal(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal (alphas, betas)."""
+    if alphas.size == 1:
+        return alphas.copy(), np.ones((1, 1))
+    try:
+        return scipy.linalg.eigh_tridiagonal(alphas, betas)
+    except (np.linalg.LinAlgError, ValueError):  # pragma: no cover - LAPACK fallback
+        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        return np.linalg.eigh(t)
+
+
+@dataclass(frozen=True, eq=False)
+class LanczosResult:
+    """Extreme Ritz values of a symmetric operator with their residual bounds.
+
+    ``top`` is descending, ``bottom`` ascending; ``top_residuals[i]`` bounds |top[i] - lambda| for
+    some true eigenvalue lambda. ``converged`` says whether every requested value met
+    ``residual <= tol * max|theta|``. Sides not requested (``which``) are empty.
+    """
+
+    top: tuple[float, ...]
+    bottom: tuple[float, ...]
+    top_residuals: tuple[float, ...]
+    bottom_residuals: tuple[float, ...]
+    converged: bool
+    steps: int
+    num_matvecs: int
+    alphas: tuple[float, ...]
+    betas: tuple[float, ...]
+    ritz_values: tuple[float, ...]
+    tol: float
+    k: int
+    which: str
+    seed: int
+    dim: int
+    exhausted: bool = False
+    top_vectors: torch.Tensor | None = field(default=None, repr=False)
+    bottom_vectors: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def lambda_max(self) -> float | None:
+        """Largest Ritz value (None when ``which="smallest"``)."""
+        return self.top[0] if self.top else None
+
+    @property
+    def lambda_min(self) -> float | None:
+        """Smallest Ritz value (None when ``which="largest"``)."""
+        return self.bottom[0] if self.bottom else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (vectors left out)."""
+        return json_safe(
+            {
+                "method": "lanczos",
+                "k": self.k,
+                "which": self.which,
+                "dim": self.dim,
+                "seed": self.seed,
+                "lambda_max": self.lambda_max,
+                "lambda_min": self.lambda_min,
+                "top": list(self.top),
+                "bottom": list(self.bottom),
+                "top_residuals": list(self.top_residuals),
+                "bottom_residuals": list(self.bottom_residuals),
+                "converged": self.converged,
+                "exhausted": self.exhausted,
+                "tol": self.tol,
+                "steps": self.steps,
+                "num_matvecs": self.num_matvecs,
+                "alphas": list(self.alphas),
+                "betas": list(self.betas),
+                "ritz_values": list(self.ritz_values),
+            }
+        )
+
+
+def _check(chain: _Chain, k: int, which: str, tol: float) -> tuple[bool, dict[str, Any]]:
+    """Ritz values/residuals of the chain and whether the requested extremes have converged."""
+    a, b = chain.tridiagonal()
+    theta, s = _eig_tridiagonal(a, b)
+    m = theta.size
+    scale = float(np.max(np.abs(theta))) if m else 0.0
+    floor = max(chain.dropped, float(torch.finfo(chain.op_dtype).eps) * scale)
+    res = np.maximum(np.abs(chain.residual_beta * s[-1, :]), floor)
+    kk = min(k, m)
+    top_idx = np.arange(m - 1, m - 1 - kk, -1)
+    bot_idx = np.arange(kk)
+    limit = tol * scale
+    enough = m >= min(k, chain.dim)
+    top_ok = bool(np.all(res[top_idx] <= limit)) if which in ("both", "largest") else True
+    bot_ok = bool(np.all(res[bot_idx] <= limit)) if which in ("both", "smallest") else True
+    info = {"theta": theta, "s": s, "res": res, "top_idx": top_idx, "bot_idx": bot_idx}
+    return bool(enough and top_ok and bot_ok), info
+
+
+def _changes_extremes(a: np.ndarray, b: np.ndarray, s0: int, s1: int, k: int, which: str, tol: float) -> bool:
+    """Whether the closed Krylov block T[s0:s1] moved the requested extremes of the blocks before it.
+
+    A block started from a random vector orthogonal to earlier invariant blocks holds every distinct
+    eigenvalue left in the complement; if it changed the top/bottom k, further copies may remain there.
+    """
+    blk = _eig_tridiagonal(a[s0:s1], b[s0 : s1 - 1])[0]
+    prior = _eig_tridiagonal(a[:s0], b[: s0 - 1])[0] if s0 > 0 else np.array([])
+    if prior.size < k:
+        return True
+    slack = tol * max(float(np.max(np.abs(prior))), float(np.max(np.abs(blk))))
+    if which in ("both", "largest") and blk[-1] > prior[-k] + slack:
+        return True
+    return bool(which in ("both", "smallest") and blk[0] < prior[k - 1] - slack)
+
+
+class _Tracker:
+    """Stopping logic for one chain: Ritz residuals, plus multiplicity checks after breakdowns."""
+
+    def __init__(self, chain: _Chain, k: int, which: str, tol: float):
+        self.chain, self.k, self.which, self.tol = chain, k, which, tol
+        self.pending = False  # a restart found copies: the next block must close before we stop
+        self.blocks = 1
+        self.converged = False
+        self.info: dict[str, Any] | None = None
+
+    def update(self) -> bool:
+        """Call after each push; True when the chain should stop."""
+        c = self.chain
+        if len(c.starts) > self.blocks:
+            self.blocks = len(c.starts)
+            a, b = c.tridiagonal()
+            self.pending = _changes_extremes(a, b, c.starts[-2], c.starts[-1], self.k, self.which, self.tol)
+        if c.steps < min(self.k, c.dim) and not c.done:
+            return False
+        self.converged, self.info = _check(c, self.k, self.which, self.tol)
+        if self.pending and not (c.exhausted and c.steps >= c.dim):
+            self.converged = False
+        return self.converged or c.done
+
+    def final(self) -> tuple[bool, dict[str, Any]]:
+        if self.info is None:
+            self.converged, self.info = _check(self.chain, self.k, self.which, self.tol)
+        return self.converged, self.info
+
+
+def _ritz_vectors(chain: _Chain, s_cols: np.ndarray) -> torch.Tensor:
+    """Ritz vectors Q^T s for the given eigenvector columns of T (rows of the result)."""
+    basis = chain.basis
+    coef = torch.from_numpy(np.ascontiguousarray(s_cols.T)).to(device=basis.device)
+    out = torch.zeros(coef.shape[0], chain.dim, dtype=torch.float64, device=basis.device)
+    step = max(1, _CHUNK_ELEMENTS // max(chain.dim, 1))
+    for start in range(0, basis.shape[0], step):
+        out += coef[:, start : start + step] @ basis[start : start + step].to(torch.float64)
+    return out.to(chain.store_dtype)
+
+
+def _finish(
+    chain: _Chain,
+    k: int,
+    which: str,
+    tol: float,
+    seed: int,
+    converged: bool,
+    info: dict[str, Any],
+    return_vectors: bool,
+    warn: bool = True,
+    name: str = "",
+) -> LanczosResult:
+    theta, res = info["theta"], info["res"]
+    want_top = which in ("both", "largest")
+    want_bot = which in ("both", "smallest")
+    top_idx = info["top_idx"] if want_top else np.array([], dtype=int)
+    bot_idx = info["bot_idx"] if want_bot else np.array([], dtype=int)
+    top_vecs = bot_vecs = None
+    if return_vectors:
+        top_vecs = _ritz_vectors(chain, info["s"][:, top_idx]) if want_top else None
+        bot_vecs = _ritz_vectors(chain, info["s"][:, bot_idx]) if want_bot else None
+    if warn and not converged:
+        worst = float(np.max(res[np.concatenate([top_idx, bot_idx])])) if theta.size else float("nan")
+        scale = float(np.max(np.abs(theta))) if theta.size else float("nan")
+        where = f" for {name}" if name else ""
+        warnings.warn(
+            f"Lanczos{where} stopped after {chain.steps} steps without meeting tol={tol:g}: worst "
+            f"relative Ritz residual {worst / scale if scale else float('nan'):.2e}; raise max_steps",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return LanczosResult(
+        top=tuple(float(x) for x in theta[top_idx]),
+        bottom=tuple(float(x) for x in theta[bot_idx]),
+        top_residuals=tuple(float(x) for x in res[top_idx]),
+        bottom_residuals=tuple(float(x) for x in res[bot_idx]),
+        converged=converged,
+        steps=chain.steps,
+        num_matvecs=chain.steps,
+        alphas=tuple(chain.alphas),
+        betas=tuple(chain.betas),
+        ritz_values=tuple(float(x) for x in theta),
+        tol=tol,
+        k=k,
+        which=which,
+        seed=seed,
+        dim=chain.dim,
+        exhausted=chain.exhausted,
+        top_vectors=top_vecs,
+        bottom_vectors=bot_vecs,
+    )
+
+
+def _validate(k: int, which: str, max_steps: int | None) -> None:
+    if which not in ("both", "largest", "smallest"):
+        raise ValueError(f"which must be 'both', 'largest' or 'smallest', got {which!r}")
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if max_steps is not None and int(max_steps) < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+
+
+def _new_chain(
+    dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    k: int,
+    seed: int,
+    v0: torch.Tensor | None,
+    max_steps: int | None,
+    tol: float,
+) -> _Chain:
+    gen = _generator(seed)
+    start = random_unit_vector(dim, gen) if v0 is None else v0
+    steps = default_max_steps(dim, k) if max_steps is None else min(int(max_steps), dim)
+    return _Chain(dim, dtype, device, start, max_steps=steps, generator=gen, breakdown_rtol=0.5 * tol)
+
+
+def lanczos(
+    op: LinearOperator,
+    k: int = 5,
+    *,
+    which: Which = "both",
+    tol: float | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    v0: torch.Tensor | None = None,
+    return_vectors: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> LanczosResult:
+    """The ``k`` largest and/or smallest eigenvalues of a symmetric ``op`` by Lanczos.
+
+    Runs as many steps as the request needs: after each step the Ritz residuals |beta_m s_{m,i}| of the
+    requested extremes are checked against ``tol * max|theta|`` (``tol=None``: :data:`DEFAULT_TOL` for
+    the operator dtype). Stops early on an exhausted Krylov space (then the values are exact). If
+    ``max_steps`` (default :func:`default_max_steps`) runs out first, ``converged=False`` and a
+    :class:`ConvergenceWarning` is issued. ``progress(step, max_steps)`` is called after each matvec.
+    The start vector is Gaussian from ``seed`` unless ``v0`` is given.
+    """
+    _validate(k, which, max_steps)
+    tol = default_tol(op.dtype) if tol is None else float(tol)
+    chain = _new_chain(int(op.dim), op.dtype, op.device, int(k), seed, v0, max_steps, tol)
+    tracker = _Tracker(chain, int(k), which, tol)
+    while not chain.done:
+        chain.push(op.matvec(chain.vector()))
+        if progress is not None:
+            progress(chain.steps, chain.max_steps)
+        if tracker.update():
+            break
+    converged, info = tracker.final()
+    return _finish(chain, int(k), which, tol, seed, converged, info, return_vectors)
+
+
+def lanczos_tridiagonal(
+    op: LinearOperator,
+    steps: int,
+    *,
+    v0: torch.Tensor,
+    reorthogonalize: bool = True,
+    return_basis: bool = False,
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+    """``steps`` Lanczos steps from ``v0``: float64 diagonal ``alphas`` (m,) and off-diagonal
+    ``betas`` (m-1,) of T_m, and the basis (m, dim) if asked (needs ``reorthogonalize``).
+
+    Stops early (m < steps) when the Krylov space of ``v0`` is invariant; T_m is then exact for it.
+    No restart: this is the routine stochastic Lanczos quadrature uses for one probe.
+    """
+    if return_basis and not reorthogonalize:
+        raise ValueError("return_basis needs reorthogonalize=True (the basis is not kept otherwise)")
+    chain = _Chain(
+        int(op.dim),
+        op.dtype,
+        op.device,
+        v0,
+        max_steps=min(int(steps), int(op.dim)),
+        reorthogonalize=reorthogonalize,
+        restart=False,
+    )
+    while not chain.done:
+        chain.push(op.matvec(chain.vector()))
+    a, b = chain.tridiagonal()
+    return a, b, (chain.basis.clone() if return_basis else None)
+
+
+def lanczos_lockstep(
+    mop: MultiOperator,
+    k: int = 5,
+    *,
+    which: Which = "both",
+    tol: float | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    return_vectors: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[LanczosResult]:
+    """``lanczos`` on every block of ``mop`` at once: one ``matvec_many`` per step advances all chains
+    still running (finished ones pass ``None``). Block ``b`` starts from seed ``block_seed(seed, b)``,
+    so its result equals ``lanczos(block_b, seed=block_seed(seed, b))`` exactly.
+    """
+    _validate(k, which, max_steps)
+    tol = default_tol(mop.dtype) if tol is None else float(tol)
+    chains = [
+        _new_chain(int(d), mop.dtype, mop.device, int(k), block_seed(seed, b), None, max_steps, tol)
+        for b, d in enumerate(mop.dims)
+    ]
+    trackers = [_Tracker(c, int(k), which, tol) for c in chains]
+    active = [not c.done for c in chains]
+    budget = max((c.max_steps for c in chains), default=0)
+    it = 0
+    while any(active):
+        outs = mop.matvec_many([c.vector() if a else None for c, a in zip(chains, active, strict=True)])
+        it += 1
+        for b, (c, out) in enumerate(zip(chains, outs, strict=True)):
+            if not active[b]:
+                continue
+            if out is None:
+                raise RuntimeError(f"matvec_many returned None for running block {mop.names[b]!r}")
+            c.push(out)
+            if trackers[b].update():
+                active[b] = False
+        if progress is not None:
+            progress(it, budget)
+    results = []
+    for b, c in enumerate(chains):
+        conv, info = trackers[b].final()
+        results.append(
+            _finish(
+                c, int(k), which, tol, block_seed(seed, b), conv, info, return_vectors, name=str(mop.names[b])
+            )
+        )
+    return results
+
+
+__all__: Sequence[str] = [
+    "DEFAULT_TOL",
+    "LanczosResult",
+    "basis_dtype",
+    "block_seed",
+    "default_max_steps",
+    "default_tol",
+    "lanczos",
+    "lanczos_lockstep",
+    "lanczos_tridiagonal",
+    "random_unit_vector",
+]

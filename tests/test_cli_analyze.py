@@ -1,0 +1,106 @@
+"""`spectra hessian` and `spectra demo` end to end (reduced budgets), and their bad-input behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.main import main
+
+FACTORY = """
+import torch
+from torch import nn
+from spectra.data import cross_entropy
+
+def make():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g))]
+    return {"model": model, "loss": cross_entropy, "batches": batches}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny problems run fastest on one BLAS thread (and the machine is shared); restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code
+
+
+def test_hessian_command_writes_json_matching_exact(tmp_path, capsys):
+    import torch
+
+    factory = tmp_path / "factory.py"
+    factory.write_text(FACTORY)
+    out = tmp_path / "out"
+    code = _run(["hessian", "--model-factory", f"{factory}:make", "--out", str(out), "--probes", "4",
+                 "--steps", "30", "--block-probes", "4", "--block-steps", "30", "--top-k", "2"])  # fmt: skip
+    assert code in (0, None)
+    err = capsys.readouterr().err
+    assert "cost estimate" in err and "HVPs" in err
+    doc = json.loads((out / "hessian.json").read_text())
+    assert doc["schema_version"] and doc["provenance"]["torch"]
+    assert len(doc["hessian"]["blocks"]) == 6 and doc["heterogeneity"]["verdict"] in (
+        "heterogeneous",
+        "homogeneous",
+    )
+    # the reported lambda_max is the exact one
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("factory", factory)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    w = mod.make()
+    from torch.func import functional_call
+
+    names = [n for n, _ in w["model"].named_parameters()]
+    shapes = [p.shape for _, p in w["model"].named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in w["model"].parameters()])
+
+    def f(theta):
+        parts, i = {}, 0
+        for n, s in zip(names, shapes, strict=True):
+            k = s.numel()
+            parts[n] = theta[i : i + k].view(s)
+            i += k
+        x, y = w["batches"][0]
+        return torch.nn.functional.cross_entropy(functional_call(w["model"], parts, (x,)), y)
+
+    ev = torch.linalg.eigvalsh(torch.func.hessian(f)(flat))
+    assert doc["hessian"]["lanczos"]["lambda_max"] == pytest.approx(float(ev[-1]), rel=1e-6)
+    dens = doc["hessian"]["density"]
+    assert abs(dens["trace"] - float(ev.sum())) <= 4 * dens["trace_stderr"] + 1e-9  # SLQ trace within 4 s.e.
+    assert (out / "hessian.md").read_text().startswith("# Hessian spectra")
+
+
+def test_bad_factory_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run(["hessian", "--model-factory", "no_such_module_xyz:make", "--out", str(out)]) == 2
+    assert "spectra: error:" in capsys.readouterr().err and not out.exists()
+    factory = tmp_path / "factory.py"
+    factory.write_text(FACTORY)
+    assert _run(["hessian", "--model-factory", f"{factory}:make", "--out", str(out), "--probes", "0"]) == 2
+    assert not out.exists()
+
+
+def test_demo_reduced_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    code = _run(["demo", "--reduced", "--out", str(out), "--probes", "3", "--steps", "15", "--quiet"])
+    assert code in (0, None)
+    for name in ("gpt", "cnn"):
+        doc = json.loads((out / name / "hessian.json").read_text())
+        assert doc["demo"]["final_loss"] < doc["demo"]["initial_loss"]
+        assert doc["hessian"]["num_hvps"] > 0
+    assert "gpt" in (out / "summary.md").read_text()

@@ -1,0 +1,209 @@
+"""Lanczos against planted spectra (Q diag(lam) Q^T in float64) and torch.linalg.eigvalsh."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from spectra.errors import ConvergenceWarning
+from spectra.lanczos import (
+    LanczosResult,
+    block_seed,
+    default_max_steps,
+    lanczos,
+    lanczos_lockstep,
+    lanczos_tridiagonal,
+)
+from spectra.linop import DenseBlockOperator, DenseOperator
+
+torch.set_num_threads(1)
+
+
+def planted(lam, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """Q diag(lam) Q^T with a Haar-ish random Q, built in float64 then cast."""
+    lam = torch.as_tensor(np.asarray(lam, dtype=np.float64))
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
+    a = q @ torch.diag(lam) @ q.T
+    return ((a + a.T) / 2).to(dtype)
+
+
+RNG = np.random.default_rng(0)
+SPECTRA = {
+    "spread": np.concatenate([RNG.uniform(-1, 1, 390), [5, 7, 10, 20, 50], [-3, -4, -6, -8, -9]]),
+    "clustered": np.concatenate([RNG.uniform(0, 1, 390), 10 + 1e-3 * np.arange(5), -2 - 1e-3 * np.arange(5)]),
+    "indefinite": np.concatenate(
+        [RNG.uniform(-0.5, 0.5, 390), [1.0, 0.95, 0.9, 0.8, 0.7], [-0.98, -0.93, -0.85, -0.75, -0.72]]
+    ),
+    "repeated": np.concatenate([RNG.uniform(0, 1, 390), [5, 5, 5, 4, 4], [-1, -1, -2, -2, -2]]),
+    "mlp_like": np.concatenate(
+        [
+            RNG.exponential(0.01, 385) * RNG.choice([-1, 1], 385, p=[0.3, 0.7]),
+            RNG.uniform(1, 10, 10),
+            [-0.5, -0.45, -0.4, -0.3, -0.2],
+        ]
+    ),
+}
+
+
+def exact(a: torch.Tensor) -> np.ndarray:
+    return torch.linalg.eigvalsh(a.to(torch.float64)).numpy()
+
+
+@pytest.mark.parametrize("name", sorted(SPECTRA))
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-8), (torch.float32, 1e-5)])
+def test_top_and_bottom_five_match_eigvalsh(name, dtype, rtol):
+    a = planted(SPECTRA[name], seed=1, dtype=dtype)
+    ev = exact(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = lanczos(DenseOperator(a), 5)
+    assert res.converged
+    assert res.steps < a.shape[0]  # it stopped by residuals, not by exhausting the space
+    np.testing.assert_allclose(res.top, ev[::-1][:5], rtol=rtol, atol=0)
+    np.testing.assert_allclose(res.bottom, ev[:5], rtol=rtol, atol=0)
+    assert res.lambda_max == res.top[0] and res.lambda_min == res.bottom[0]
+    assert list(res.top) == sorted(res.top, reverse=True) and list(res.bottom) == sorted(res.bottom)
+    assert res.num_matvecs == res.steps and len(res.alphas) == res.steps
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_residuals_bound_the_distance_to_the_spectrum(dtype):
+    a = planted(SPECTRA["clustered"], seed=2, dtype=dtype)
+    ev = exact(a)
+    # stop early (unconverged) so the residuals are large enough to be tested as bounds
+    with pytest.warns(ConvergenceWarning):
+        res = lanczos(DenseOperator(a), 5, max_steps=12, return_vectors=True)
+    assert not res.converged
+    for theta, r in zip(res.top + res.bottom, res.top_residuals + res.bottom_residuals, strict=True):
+        assert np.min(np.abs(ev - theta)) <= r * (1 + 1e-6) + 1e-12
+    # the reported residual is the true residual ||A y - theta y|| of the returned Ritz vector
+    a64 = a.to(torch.float64)
+    for theta, r, y in zip(res.top, res.top_residuals, res.top_vectors, strict=True):
+        y = y.to(torch.float64)
+        true = float(torch.linalg.vector_norm(a64 @ y - theta * y))
+        assert true == pytest.approx(r, rel=1e-3, abs=1e-5 * abs(theta) if dtype == torch.float32 else 1e-12)
+
+
+def test_dim_smaller_than_budget_is_exact():
+    for n in (1, 2, 3, 7, 12):
+        lam = np.linspace(-1.0, 2.0, n)
+        res = lanczos(DenseOperator(planted(lam, seed=n)), 5)
+        assert res.converged and res.exhausted and res.steps == n
+        kk = min(5, n)
+        np.testing.assert_allclose(res.top, lam[::-1][:kk], atol=1e-13)
+        np.testing.assert_allclose(res.bottom, lam[:kk], atol=1e-13)
+
+
+def test_invariant_subspaces_with_multiplicities_are_exact():
+    # A diagonal matrix: the Krylov space of one vector closes after 4 steps (4 distinct values);
+    # restarts must recover every copy of the repeated eigenvalues.
+    lam = [3.0, 3, 3, 1, 1, 1, 0, 0, -2, -2]
+    res = lanczos(DenseOperator(torch.diag(torch.tensor(lam, dtype=torch.float64))), 5)
+    assert res.converged
+    np.testing.assert_allclose(res.top, [3, 3, 3, 1, 1], atol=1e-13)
+    np.testing.assert_allclose(res.bottom, [-2, -2, 0, 0, 1], atol=1e-13)
+    # large dim, two eigenvalues of multiplicity 100: stops long before dim, values exact
+    a = torch.diag(torch.tensor([3.0] * 100 + [1.0] * 100, dtype=torch.float64))
+    res = lanczos(DenseOperator(a), 3)
+    assert res.converged and res.steps < 20
+    np.testing.assert_allclose(res.top, [3, 3, 3], atol=1e-13)
+    np.testing.assert_allclose(res.bottom, [1, 1, 1], atol=1e-13)
+    # low rank: rank 4 in dim 300, bottom-5 are five zeros (near-invariant Krylov space after 5 steps)
+    for seed in (0, 1, 5):
+        u = planted(np.r_[[4.0, 3, 2, 1], np.zeros(296)], seed=seed)
+        res = lanczos(DenseOperator(u), 5)
+        assert res.converged
+        np.testing.assert_allclose(res.top, [4, 3, 2, 1, 0], atol=1e-12)
+        np.testing.assert_allclose(res.bottom, [0] * 5, atol=1e-12)
+
+
+def test_which_largest_and_smallest():
+    a = planted(SPECTRA["spread"], seed=3)
+    ev = exact(a)
+    hi = lanczos(DenseOperator(a), 3, which="largest")
+    lo = lanczos(DenseOperator(a), 3, which="smallest")
+    assert hi.bottom == () and hi.lambda_min is None and lo.top == () and lo.lambda_max is None
+    np.testing.assert_allclose(hi.top, ev[::-1][:3], rtol=1e-8)
+    np.testing.assert_allclose(lo.bottom, ev[:3], rtol=1e-8)
+
+
+def test_unconverged_warns_and_flags():
+    a = planted(SPECTRA["clustered"], seed=4)
+    with pytest.warns(ConvergenceWarning, match="max_steps"):
+        res = lanczos(DenseOperator(a), 5, max_steps=8)
+    assert not res.converged and res.steps == 8
+
+
+def test_same_seed_bit_identical_and_v0():
+    a = planted(SPECTRA["indefinite"], seed=5)
+    r1 = lanczos(DenseOperator(a), 4, seed=7)
+    r2 = lanczos(DenseOperator(a), 4, seed=7)
+    assert r1.alphas == r2.alphas and r1.betas == r2.betas and r1.top == r2.top
+    v0 = torch.ones(a.shape[0], dtype=torch.float64)
+    r3 = lanczos(DenseOperator(a), 4, v0=v0)
+    assert r3.alphas[0] == pytest.approx(float(v0 @ a @ v0) / a.shape[0], rel=1e-12)
+
+
+def test_to_dict_is_json_and_progress_called():
+    calls = []
+    res = lanczos(DenseOperator(planted(SPECTRA["spread"])), 2, progress=lambda s, m: calls.append((s, m)))
+    d = res.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["lambda_max"] == res.lambda_max and "top_vectors" not in d
+    assert [c[0] for c in calls] == list(range(1, res.steps + 1))
+    assert isinstance(res, LanczosResult)
+
+
+def test_default_budget():
+    assert default_max_steps(10, 5) == 10
+    assert default_max_steps(10_000, 5) == 80
+    assert default_max_steps(10_000, 100) == 300
+
+
+def test_tridiagonal_matches_dense_projection():
+    a = planted(SPECTRA["spread"], seed=6)
+    v0 = torch.randn(a.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    al, be, q = lanczos_tridiagonal(DenseOperator(a), 15, v0=v0, return_basis=True)
+    t = np.diag(al) + np.diag(be, 1) + np.diag(be, -1)
+    np.testing.assert_allclose((q @ a @ q.T).numpy(), t, atol=1e-12)
+    np.testing.assert_allclose((q @ q.T).numpy(), np.eye(15), atol=1e-13)
+    al2, be2, none = lanczos_tridiagonal(DenseOperator(a), 15, v0=v0, reorthogonalize=False)
+    assert none is None and al2.shape == (15,) and be2.shape == (14,)
+    np.testing.assert_allclose(al2[:5], al[:5], rtol=1e-10)
+
+
+def test_lockstep_equals_sequential_and_counts_calls():
+    mats = [
+        planted(SPECTRA["spread"][-150:], seed=1),
+        planted(SPECTRA["clustered"][-90:], seed=2),
+        planted([2.0, 1, -1], seed=3),
+    ]
+    mop = DenseBlockOperator(mats, names=["a", "b", "c"])
+    res = lanczos_lockstep(mop, 3, seed=11)
+    for b, m in enumerate(mats):
+        ref = lanczos(DenseOperator(m), 3, seed=block_seed(11, b))
+        assert res[b].alphas == ref.alphas and res[b].top == ref.top and res[b].bottom == ref.bottom
+        assert res[b].converged and res[b].num_matvecs == ref.num_matvecs
+        np.testing.assert_allclose(res[b].top, exact(m)[::-1][:3], rtol=1e-8)
+    assert mop.num_matvecs == max(r.steps for r in res)
+    # a block's result does not depend on which other blocks are present
+    alone = lanczos_lockstep(DenseBlockOperator(mats[:1]), 3, seed=11)
+    assert alone[0].alphas == res[0].alphas
+
+
+def test_bad_arguments():
+    op = DenseOperator(torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        lanczos(op, 0)
+    with pytest.raises(ValueError):
+        lanczos(op, 2, which="top")
+    with pytest.raises(ValueError):
+        lanczos(op, 2, v0=torch.zeros(3))
+    bad = DenseOperator(torch.full((3, 3), float("nan"), dtype=torch.float64))
+    with pytest.raises(FloatingPointError):
+        lanczos(bad, 1)
