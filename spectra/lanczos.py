@@ -542,6 +542,16 @@ def lanczos_tridiagonal(
     return a, b, (chain.basis.clone() if return_basis else None)
 
 
+def _block_ids(indices: Sequence[int] | None, n: int) -> list[int]:
+    """The per-block seed indices of a lockstep run: ``indices`` (checked) or ``0..n-1``."""
+    if indices is None:
+        return list(range(n))
+    ids = [int(i) for i in indices]
+    if len(ids) != n:
+        raise ValueError(f"indices has {len(ids)} entries for {n} blocks")
+    return ids
+
+
 def lanczos_lockstep(
     mop: MultiOperator,
     k: int = 5,
@@ -552,15 +562,18 @@ def lanczos_lockstep(
     seed: int = 0,
     return_vectors: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> list[LanczosResult]:
     """``lanczos`` on every block of ``mop`` at once: one ``matvec_many`` per step advances all chains
     still running (finished ones pass ``None``). Block ``b`` starts from seed ``block_seed(seed, b)``,
-    so its result equals ``lanczos(block_b, seed=block_seed(seed, b))`` exactly.
+    so its result equals ``lanczos(block_b, seed=block_seed(seed, b))`` exactly. ``indices[b]``
+    replaces ``b`` in the seed (a subset of a larger block list then draws that list's vectors).
     """
     _validate(k, which, max_steps)
     tol = default_tol(mop.dtype) if tol is None else float(tol)
+    ids = _block_ids(indices, len(mop.dims))
     chains = [
-        _new_chain(int(d), mop.dtype, mop.device, int(k), block_seed(seed, b), None, max_steps, tol)
+        _new_chain(int(d), mop.dtype, mop.device, int(k), block_seed(seed, ids[b]), None, max_steps, tol)
         for b, d in enumerate(mop.dims)
     ]
     trackers = [_Tracker(c, int(k), which, tol) for c in chains]
@@ -585,7 +598,15 @@ def lanczos_lockstep(
         conv, info = trackers[b].final()
         results.append(
             _finish(
-                c, int(k), which, tol, block_seed(seed, b), conv, info, return_vectors, name=str(mop.names[b])
+                c,
+                int(k),
+                which,
+                tol,
+                block_seed(seed, ids[b]),
+                conv,
+                info,
+                return_vectors,
+                name=str(mop.names[b]),
             )
         )
     return results

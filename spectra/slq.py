@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from spectra.io import json_safe
-from spectra.lanczos import _Chain, _eig_tridiagonal, block_seed
+from spectra.lanczos import _block_ids, _Chain, _eig_tridiagonal, block_seed
 from spectra.linop import LinearOperator, MultiOperator
 from spectra.trace import draw_probes
 
@@ -265,14 +265,17 @@ def slq_lockstep(
     seed: int = 0,
     probe: Literal["rademacher", "gaussian"] = "rademacher",
     reorthogonalize: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> list[SLQResult]:
     """SLQ on every block of ``mop`` with all blocks' chains advanced together (one ``matvec_many`` per
     step). Block ``b`` uses seed ``block_seed(seed, b)``: its result equals
-    ``slq(block_b, seed=block_seed(seed, b))`` bit for bit, whatever other blocks are present."""
+    ``slq(block_b, seed=block_seed(seed, b))`` bit for bit, whatever other blocks are present.
+    ``indices[b]`` replaces ``b`` in the seed (a subset of a larger block list draws that list's probes)."""
     _validate(num_probes, steps, probe)
     dims = [int(d) for d in mop.dims]
     ms = [min(int(steps), d) for d in dims]
-    gens = [torch.Generator().manual_seed(block_seed(seed, b)) for b in range(len(dims))]
+    ids = _block_ids(indices, len(dims))
+    gens = [torch.Generator().manual_seed(block_seed(seed, i)) for i in ids]
     per_block: list[list[_Chain]] = [[] for _ in dims]
     for _ in range(int(num_probes)):
         chains = [
@@ -291,7 +294,7 @@ def slq_lockstep(
             per_block[b].append(c)
     return [
         _assemble(
-            per_block[b], dims[b], ms[b], block_seed(seed, b), probe, reorthogonalize, str(mop.names[b])
+            per_block[b], dims[b], ms[b], block_seed(seed, ids[b]), probe, reorthogonalize, str(mop.names[b])
         )
         for b in range(len(dims))
     ]

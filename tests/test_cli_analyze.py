@@ -104,3 +104,8 @@ def test_demo_reduced_end_to_end(tmp_path):
         assert doc["demo"]["final_loss"] < doc["demo"]["initial_loss"]
         assert doc["hessian"]["num_hvps"] > 0
     assert "gpt" in (out / "summary.md").read_text()
+    verdicts = {
+        n: json.loads((out / n / "hessian.json").read_text())["heterogeneity"]["verdict"]
+        for n in ("gpt", "cnn")
+    }
+    assert verdicts == {"gpt": "heterogeneous", "cnn": "homogeneous"}
