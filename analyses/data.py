@@ -101,3 +101,143 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             path,
             f"weights do not match the model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}",
         )
+
+
+#: HF architectures suffixes -> task, used when ``--task`` is not given.
+_TASK_SUFFIXES = (
+    ("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"), ("ForMaskedLM", "masked-lm"),
+    ("ForSequenceClassification", "sequence-classification"),
+)  # fmt: skip
+TASKS = ("causal-lm", "masked-lm", "sequence-classification")
+
+
+def infer_task(config: Any) -> str | None:
+    """The loss a checkpoint's config implies: from ``architectures`` (causal LM, masked LM, sequence
+    classification), else None."""
+    for arch in getattr(config, "architectures", None) or []:
+        for suffix, task in _TASK_SUFFIXES:
+            if str(arch).endswith(suffix):
+                return task
+    return None
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file, or the ``text`` field of every JSONL record (``label`` kept aside)."""
+    return [t for t, _ in read_records(path)]
+
+
+def read_records(path: str | Path) -> list[tuple[str, int | None]]:
+    """(text, label or None) per line of a .txt or .jsonl file."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "data file not found")
+    out: list[tuple[str, int | None]] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix in (".jsonl", ".json"):
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as err:
+                raise InputError(path, f"line {i} is not JSON ({err})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise InputError(path, f"line {i}: expected an object with a 'text' string")
+            label = rec.get("label")
+            out.append((rec["text"], int(label) if label is not None else None))
+    else:
+        out = [(line, None) for line in lines if line.strip()]
+    if not out:
+        raise InputError(path, "no text found")
+    return out
+
+
+def load_hf_workload(
+    model_dir: str | Path,
+    data: str | Path,
+    *,
+    task: str | None = None,
+    batch_size: int = 8,
+    seq_len: int = 128,
+    max_batches: int = 4,
+    seed: int = 0,
+) -> Workload:
+    """A Hugging Face model directory plus a text/JSONL file tokenised by the checkpoint's own tokenizer.
+
+    Loss (inferred from ``config.architectures``, overridable with ``task``): ``causal-lm`` (next-token
+    cross-entropy, labels = input ids, padding ignored), ``masked-lm`` (15% of non-special tokens masked
+    with the tokenizer's mask token, seeded), ``sequence-classification`` (JSONL ``label`` per record).
+    A checkpoint without the matching head (e.g. a bare encoder such as MiniLM's BertModel) is refused:
+    its loss would need a head the checkpoint does not have.
+    """
+    import torch
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(model_dir, "not a Hugging Face model directory (no config.json)")
+    try:
+        import transformers
+    except ImportError:
+        raise InputError(model_dir, "reading a model directory needs the 'transformers' package") from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+    except Exception as err:
+        raise InputError(model_dir / "config.json", f"unreadable config ({type(err).__name__}: {err})") from None
+    task = task or infer_task(config)
+    if task is None:
+        archs = getattr(config, "architectures", None)
+        raise InputError(
+            model_dir, f"cannot infer the loss from architectures={archs}: no causal-LM, masked-LM or "
+            "sequence-classification head; pass --task (the checkpoint must have that head)",
+        )  # fmt: skip
+    if task not in TASKS:
+        raise InputError("--task", f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    auto = {"causal-lm": transformers.AutoModelForCausalLM, "masked-lm": transformers.AutoModelForMaskedLM,
+            "sequence-classification": transformers.AutoModelForSequenceClassification}[task]  # fmt: skip
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:
+        raise InputError(model_dir, f"no usable tokenizer in the model directory ({type(err).__name__})") from None
+    archs = getattr(config, "architectures", None) or []
+    suffix = {"causal-lm": ("ForCausalLM", "LMHeadModel"), "masked-lm": ("ForMaskedLM",),
+              "sequence-classification": ("ForSequenceClassification",)}[task]  # fmt: skip
+    if archs and not any(str(a).endswith(suffix) for a in archs):
+        raise InputError(model_dir, f"the checkpoint ({', '.join(archs)}) has no {task} head; its loss is undefined")
+    try:
+        model = auto.from_pretrained(model_dir, attn_implementation="eager")
+    except Exception as err:
+        raise InputError(model_dir, f"cannot load the model for {task} ({type(err).__name__}: {err})") from None
+    model.eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    records = read_records(data)
+    need = batch_size * max(1, max_batches)
+    records = records[:need]
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for i in range(0, len(records), batch_size):
+        chunk = records[i : i + batch_size]
+        enc = tok([t for t, _ in chunk], padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+        batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if task == "causal-lm":
+            labels = enc["input_ids"].clone()
+            labels[enc["attention_mask"] == 0] = -100
+        elif task == "masked-lm":
+            if tok.mask_token_id is None:
+                raise InputError(model_dir, "the tokenizer has no mask token: masked-LM loss impossible")
+            special = torch.tensor(
+                [tok.get_special_tokens_mask(ids, already_has_special_tokens=True) for ids in enc["input_ids"].tolist()],
+                dtype=torch.bool,
+            )
+            chosen = (torch.rand(enc["input_ids"].shape, generator=gen) < 0.15) & ~special & (enc["attention_mask"] == 1)
+            labels = torch.where(chosen, enc["input_ids"], torch.full_like(enc["input_ids"], -100))
+            batch["input_ids"] = torch.where(chosen, torch.full_like(enc["input_ids"], tok.mask_token_id), enc["input_ids"])
+        else:
+            if any(lbl is None for _, lbl in chunk):
+                raise InputError(data, "sequence classification needs a JSONL file with a 'label' on every record")
+            labels = torch.tensor([lbl for _, lbl in chunk])
+        batch["labels"] = labels
+        batches.append(batch)
+    return Workload(model=model, loss=None, batches=batches, source=f"{model_dir} ({task}) on {Path(data).name}")

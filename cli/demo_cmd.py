@@ -1,4 +1,4 @@
-"""`spectra demo`: train a small GPT and a small CNN on synthetic data and write their Hessian reports."""
+"""`spectra demo`: train a small GPT and a small CNN on synthetic data and write their reports side by side."""
 
 from __future__ import annotations
 
@@ -11,42 +11,54 @@ from cli.console import out_console
 
 
 def run_demo(*, out: Path, reduced: bool, probes: int, steps: int, seed: int, quiet: bool) -> list[dict]:
-    """Train both demo models, probe them, write ``<out>/<model>/hessian.{json,md}`` and ``summary.md``."""
+    """Train both demo models, write ``<out>/<model>/report.{json,md,html}`` (the `spectra analyze`
+    report) and ``<out>/summary.md`` comparing them."""
+    import time
+
     import torch
 
     from analyses.demo import DemoBudget, demo_cases
-    from analyses.heterogeneity import analyze_heterogeneity, spectra_from_hessian
-    from cli.hessian_cmd import hessian_document, probe, summary_lines
+    from analyses.report import AnalyzeOptions, write_report
+    from cli.analyze_cmd import run_analysis
     from spectra.hessian_probe import HessianSettings
-    from spectra.io import atomic_write_json, atomic_write_text, staged_directory
+    from spectra.io import atomic_write_text, staged_directory
 
+    started = time.perf_counter()
     budget = DemoBudget.reduced() if reduced else DemoBudget()
-    settings = HessianSettings(probes=probes, steps=steps, block_probes=probes, block_steps=steps, seed=seed)
+    settings = HessianSettings(
+        top_k=3, probes=probes, steps=steps, block_probes=probes, block_steps=steps, seed=seed
+    )
     settings.validate()
+    # the structure check samples 2 of the 4 heads per tensor (128 exact Hessian columns) to stay quick
+    options = AnalyzeOptions(structure_max_columns=128)
     with torch.random.fork_rng():
         cases = demo_cases(seed, budget)
     rows = []
     with staged_directory(out) as stage:
-        md = ["# spectra demo: a small transformer vs a small CNN", ""]
+        md = ["# spectra demo: a small transformer vs a small CNN", "",
+              "| model | verdict | block lambda_max spread | mean JS scales-kept | shape-only | scales-kept-log |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+        details = []
         for case in cases:
-            report = probe(case.model, case.batches, case.loss, settings, quiet=quiet, label=case.name)
-            het = analyze_heterogeneity(spectra_from_hessian(report))
-            doc = hessian_document(
-                report, het, source=f"demo:{case.name}", seed=seed, extra={"demo": case.to_dict()}
-            )
-            atomic_write_json(stage / case.name / "hessian.json", doc)
-            lines = summary_lines(report, het)
-            atomic_write_text(stage / case.name / "hessian.md", f"# {case.description}\n\n" + "\n".join(
-                f"- {line}" for line in lines) + "\n")  # fmt: skip
-            md += [f"## {case.name}: {case.description}", "", *[f"- {line}" for line in lines], ""]
-            rows.append({"name": case.name, "verdict": het.verdict, "mean_js": het.mean_js,
-                         "lambda_max_spread": het.scale_spread["lambda_max"]["ratio"]})  # fmt: skip
+            doc, figures = run_analysis(
+                case.model, case.batches, case.loss, settings, options, source=f"demo:{case.name}",
+                quiet=quiet, label=case.name, extra={"demo": case.to_dict()},
+            )  # fmt: skip
+            write_report(out / case.name, doc, figures, stage=stage / case.name)
+            het = doc["heterogeneity"]
+            spread = het["scale_spread"]["lambda_max"]["ratio"]
+            m = het["mean_js"]
+            md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {spread:.3g}x | "
+                      f"{m['scales-kept']:.3f} | {m['shape-only']:.3f} | {m['scales-kept-log']:.3f} |")  # fmt: skip
+            details += [f"## {case.name}: {case.description}", "", *[f"- {f}" for f in doc["findings"]], ""]
+            rows.append({"name": case.name, "verdict": het["verdict"], "mean_js": m, "lambda_max_spread": spread})
+        md += ["", f"Rule: {het['verdict_rule']}.", "", *details,
+               f"Total time {time.perf_counter() - started:.0f} s ({'reduced' if reduced else 'full'} budget)."]  # fmt: skip
         atomic_write_text(stage / "summary.md", "\n".join(md) + "\n")
     if not quiet:
         console = out_console()
         for r in rows:
-            spread = r["lambda_max_spread"]
-            console.print(f"{r['name']}: {r['verdict']} (block lambda_max spread {spread:.3g}x)")
+            console.print(f"{r['name']}: {r['verdict']} (block lambda_max spread {r['lambda_max_spread']:.3g}x)")
         console.print(f"wrote {', '.join(r['name'] for r in rows)} reports and summary.md to {out}")
     return rows
 

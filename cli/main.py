@@ -33,9 +33,9 @@ def version() -> None:
 
 def _register_commands() -> None:
     """Each command lives in its own module with a ``register(app)`` function; add new ones here."""
-    from cli import demo_cmd, hessian_cmd, partition_cmd, recommend_cmd, weights_cmd
+    from cli import analyze_cmd, demo_cmd, hessian_cmd, partition_cmd, recommend_cmd, weights_cmd
 
-    for module in (weights_cmd, hessian_cmd, demo_cmd, recommend_cmd, partition_cmd):
+    for module in (weights_cmd, hessian_cmd, analyze_cmd, demo_cmd, recommend_cmd, partition_cmd):
         module.register(app)
 
 

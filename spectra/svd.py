@@ -49,7 +49,9 @@ def count_nonfinite(matrix: torch.Tensor) -> int:
     """Number of NaN or +-Inf entries in ``matrix`` (0 for a clean matrix)."""
     if not torch.is_floating_point(matrix) and not torch.is_complex(matrix):
         return 0
-    return int((~torch.isfinite(matrix)).sum().item())
+    if bool(torch.isfinite(matrix).all()):  # fast path without an int64 temporary the size of the matrix
+        return 0
+    return int(matrix.numel() - torch.isfinite(matrix).count_nonzero())
 
 
 def _as_2d(matrix: torch.Tensor) -> torch.Tensor:
@@ -60,10 +62,38 @@ def _as_2d(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.detach()
 
 
+#: Bytes of one up-cast slab in :func:`_gram`; bounds the working memory above the stored matrix.
+GRAM_CHUNK_BYTES = 16 * 2**20
+
+
+def _gram(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The smaller Gram matrix of a 2-D ``w`` in ``dtype``, accumulated over slabs of the long side.
+
+    Casting slab by slab means a float32 embedding of 30k x 384 never exists as a whole float64 copy:
+    peak memory is the stored matrix plus one slab plus the small Gram matrix.
+    """
+    tall = w.shape[0] >= w.shape[1]
+    long_side, short_side = (w.shape[0], w.shape[1]) if tall else (w.shape[1], w.shape[0])
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    step = max(1, GRAM_CHUNK_BYTES // max(1, short_side * itemsize))
+    if step >= long_side:
+        c = w.to(dtype)
+        return c.mT @ c if tall else c @ c.mT
+    g = torch.zeros(short_side, short_side, dtype=dtype, device=w.device)
+    for i in range(0, long_side, step):
+        c = (w[i : i + step] if tall else w[:, i : i + step]).to(dtype)
+        g += c.mT @ c if tall else c @ c.mT
+    return g
+
+
 def _gram_sv(w: torch.Tensor) -> torch.Tensor:
     """Descending singular values of a (batch of) matrices from the smaller Gram matrix; w already cast."""
     n, m = w.shape[-2], w.shape[-1]
     g = w.mT @ w if n >= m else w @ w.mT
+    return _eig_to_sv(g)
+
+
+def _eig_to_sv(g: torch.Tensor) -> torch.Tensor:
     ev = torch.linalg.eigvalsh(g)  # ascending
     return ev.clamp_min(0).sqrt().flip(-1)
 
@@ -92,14 +122,13 @@ def singular_values(
         return np.zeros(0)
     if count_nonfinite(w):
         return np.full(k, np.nan)
-    w = w.to(dtype)
     with torch.no_grad():
         if method == "svd":
-            s = torch.linalg.svdvals(w)
+            s = torch.linalg.svdvals(w.to(dtype))
         else:
-            s = _gram_sv(w)
+            s = _eig_to_sv(_gram(w, dtype))
             if method == "auto" and _needs_svd(s, min_rcond):
-                s = torch.linalg.svdvals(w)
+                s = torch.linalg.svdvals(w.to(dtype))
     return s.double().cpu().numpy()
 
 

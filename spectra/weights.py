@@ -22,7 +22,7 @@ import torch
 from spectra.checkpoint import FileInfo, open_checkpoint
 from spectra.matrices import ExtractOptions, MatrixView, TensorRecord, extract_matrices, plan_tensor
 from spectra.metrics import MatrixMetrics, ModelSummary, compute_metrics, summarize
-from spectra.svd import partial_singular_values, singular_values
+from spectra.svd import count_nonfinite, partial_singular_values, singular_values
 
 SCHEMA_VERSION = "hessian-spectra/weights/1"
 
@@ -181,7 +181,7 @@ def _analyse_view(
     matrix = view.matrix
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     role = view.role
-    n_bad = int((~torch.isfinite(matrix)).sum()) if matrix.is_floating_point() else 0
+    n_bad = count_nonfinite(matrix)
     if n_bad:
         return MatrixReport(
             view.name, view.tensor_name, view.kind, role, shape, "nonfinite",
@@ -209,13 +209,11 @@ def _analyse_view(
 
 def provenance(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Versions, platform, time and seed: what a reader needs to reproduce a report."""
-    import scipy
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
-        from importlib.metadata import version
-
         own = version("hessian-spectra")
-    except Exception:  # not installed (running from a checkout)
+    except PackageNotFoundError:  # running from a checkout that was never installed
         own = "0+unknown"
     info: dict[str, Any] = {
         "tool": "hessian-spectra",
@@ -224,7 +222,7 @@ def provenance(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]
         "platform": platform.platform(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "scipy": scipy.__version__,
+        "scipy": version("scipy"),
         "seed": seed,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch_threads": torch.get_num_threads(),

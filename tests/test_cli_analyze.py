@@ -93,19 +93,3 @@ def test_bad_factory_exits_2_and_writes_nothing(tmp_path, capsys):
     factory.write_text(FACTORY)
     assert _run(["hessian", "--model-factory", f"{factory}:make", "--out", str(out), "--probes", "0"]) == 2
     assert not out.exists()
-
-
-def test_demo_reduced_end_to_end(tmp_path):
-    out = tmp_path / "demo"
-    code = _run(["demo", "--reduced", "--out", str(out), "--probes", "3", "--steps", "15", "--quiet"])
-    assert code in (0, None)
-    for name in ("gpt", "cnn"):
-        doc = json.loads((out / name / "hessian.json").read_text())
-        assert doc["demo"]["final_loss"] < doc["demo"]["initial_loss"]
-        assert doc["hessian"]["num_hvps"] > 0
-    assert "gpt" in (out / "summary.md").read_text()
-    verdicts = {
-        n: json.loads((out / n / "hessian.json").read_text())["heterogeneity"]["verdict"]
-        for n in ("gpt", "cnn")
-    }
-    assert verdicts == {"gpt": "heterogeneous", "cnn": "homogeneous"}

@@ -161,8 +161,8 @@ def test_to_dict_is_json_and_progress_called():
 
 def test_default_budget():
     assert default_max_steps(10, 5) == 10
-    assert default_max_steps(10_000, 5) == 80
-    assert default_max_steps(10_000, 100) == 300
+    assert default_max_steps(10_000, 5) == 150
+    assert default_max_steps(10_000, 100) == 400
 
 
 def test_tridiagonal_matches_dense_projection():

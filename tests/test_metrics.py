@@ -266,3 +266,28 @@ def test_summarize_flags_outliers_by_name():
     assert summ.metrics["numerical_rank"].outliers == ()  # MAD = 0: nothing flagged
     assert json.dumps(summ.to_dict(), allow_nan=False)
     assert isinstance(rows[0], MatrixMetrics)
+
+
+@pytest.mark.parametrize("beta", [1e-3, 0.1, 0.5, 0.9, 0.999, 1.0])
+def test_mp_median_against_adaptive_quadrature(beta):
+    """The numpy-only MP median equals scipy's adaptive quadrature + root finding to ~1e-12."""
+    import math
+
+    from scipy.integrate import quad
+    from scipy.optimize import brentq
+
+    lo, hi = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
+
+    def density(x):
+        return math.sqrt(max((hi - x) * (x - lo), 0.0)) / (2 * math.pi * beta * x)
+
+    cuts = [lo + f * (hi - lo) for f in (1e-9, 1e-6, 1e-3)]
+
+    def cdf(t):
+        pieces = zip([lo, *cuts], [*cuts, hi], strict=True)
+        return sum(
+            quad(density, a, min(b, t), limit=500, epsabs=1e-15, epsrel=1e-13)[0] for a, b in pieces if a < t
+        )
+
+    expected = brentq(lambda t: cdf(t) - 0.5, lo, hi, xtol=1e-15, rtol=1e-14)
+    assert mp_median(beta) == pytest.approx(expected, rel=1e-11)
