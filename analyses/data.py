@@ -184,7 +184,9 @@ def load_hf_workload(
     try:
         config = transformers.AutoConfig.from_pretrained(model_dir)
     except Exception as err:
-        raise InputError(model_dir / "config.json", f"unreadable config ({type(err).__name__}: {err})") from None
+        raise InputError(
+            model_dir / "config.json", f"unreadable config ({type(err).__name__}: {err})"
+        ) from None
     task = task or infer_task(config)
     if task is None:
         archs = getattr(config, "architectures", None)
@@ -199,16 +201,22 @@ def load_hf_workload(
     try:
         tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     except Exception as err:
-        raise InputError(model_dir, f"no usable tokenizer in the model directory ({type(err).__name__})") from None
+        raise InputError(
+            model_dir, f"no usable tokenizer in the model directory ({type(err).__name__})"
+        ) from None
     archs = getattr(config, "architectures", None) or []
     suffix = {"causal-lm": ("ForCausalLM", "LMHeadModel"), "masked-lm": ("ForMaskedLM",),
               "sequence-classification": ("ForSequenceClassification",)}[task]  # fmt: skip
     if archs and not any(str(a).endswith(suffix) for a in archs):
-        raise InputError(model_dir, f"the checkpoint ({', '.join(archs)}) has no {task} head; its loss is undefined")
+        raise InputError(
+            model_dir, f"the checkpoint ({', '.join(archs)}) has no {task} head; its loss is undefined"
+        )
     try:
         model = auto.from_pretrained(model_dir, attn_implementation="eager")
     except Exception as err:
-        raise InputError(model_dir, f"cannot load the model for {task} ({type(err).__name__}: {err})") from None
+        raise InputError(
+            model_dir, f"cannot load the model for {task} ({type(err).__name__}: {err})"
+        ) from None
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
@@ -219,7 +227,9 @@ def load_hf_workload(
     batches = []
     for i in range(0, len(records), batch_size):
         chunk = records[i : i + batch_size]
-        enc = tok([t for t, _ in chunk], padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+        enc = tok(
+            [t for t, _ in chunk], padding=True, truncation=True, max_length=seq_len, return_tensors="pt"
+        )
         batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         if task == "causal-lm":
             labels = enc["input_ids"].clone()
@@ -228,16 +238,29 @@ def load_hf_workload(
             if tok.mask_token_id is None:
                 raise InputError(model_dir, "the tokenizer has no mask token: masked-LM loss impossible")
             special = torch.tensor(
-                [tok.get_special_tokens_mask(ids, already_has_special_tokens=True) for ids in enc["input_ids"].tolist()],
+                [
+                    tok.get_special_tokens_mask(ids, already_has_special_tokens=True)
+                    for ids in enc["input_ids"].tolist()
+                ],
                 dtype=torch.bool,
             )
-            chosen = (torch.rand(enc["input_ids"].shape, generator=gen) < 0.15) & ~special & (enc["attention_mask"] == 1)
+            chosen = (
+                (torch.rand(enc["input_ids"].shape, generator=gen) < 0.15)
+                & ~special
+                & (enc["attention_mask"] == 1)
+            )
             labels = torch.where(chosen, enc["input_ids"], torch.full_like(enc["input_ids"], -100))
-            batch["input_ids"] = torch.where(chosen, torch.full_like(enc["input_ids"], tok.mask_token_id), enc["input_ids"])
+            batch["input_ids"] = torch.where(
+                chosen, torch.full_like(enc["input_ids"], tok.mask_token_id), enc["input_ids"]
+            )
         else:
             if any(lbl is None for _, lbl in chunk):
-                raise InputError(data, "sequence classification needs a JSONL file with a 'label' on every record")
+                raise InputError(
+                    data, "sequence classification needs a JSONL file with a 'label' on every record"
+                )
             labels = torch.tensor([lbl for _, lbl in chunk])
         batch["labels"] = labels
         batches.append(batch)
-    return Workload(model=model, loss=None, batches=batches, source=f"{model_dir} ({task}) on {Path(data).name}")
+    return Workload(
+        model=model, loss=None, batches=batches, source=f"{model_dir} ({task}) on {Path(data).name}"
+    )

@@ -195,7 +195,9 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
         drivers = het["drivers"].get("scales-kept-log") or []
         top = [d for d in drivers if (d.get("contribution") or 0) > 0][:3]
         if top:
-            out.append("Driven most by: " + ", ".join(f"{d['group']} ({d['num_blocks']} blocks)" for d in top) + ".")
+            out.append(
+                "Driven most by: " + ", ".join(f"{d['group']} ({d['num_blocks']} blocks)" for d in top) + "."
+            )
     st = doc.get("structure")
     if st and st.get("by_role"):
         parts = [
@@ -206,7 +208,9 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
     w = doc.get("weights")
     if w:
         alpha = (w["summary"]["metrics"].get("alpha") or {}).get("median")
-        out.append(f"Weights: {w['summary']['n_matrices']} matrices analysed; median power-law alpha {_g(alpha, '.3g')}.")
+        out.append(
+            f"Weights: {w['summary']['n_matrices']} matrices analysed; median power-law alpha {_g(alpha, '.3g')}."
+        )
     rec = doc.get("recommendations")
     if rec:
         s = rec["summary"]
@@ -276,7 +280,9 @@ def make_figures(hessian: Any, heterogeneity: Any, weights: Any) -> dict[str, by
     if heterogeneity is not None and len(heterogeneity.blocks) >= 2:
         for conv in heterogeneity.conventions:
             figs[f"js_heatmap_{conv.name}"] = plot_js_heatmap(
-                heterogeneity.names, heterogeneity.js[conv.name], title=f"JS distance between block spectra ({conv.name})"
+                heterogeneity.names,
+                heterogeneity.js[conv.name],
+                title=f"JS distance between block spectra ({conv.name})",
             )
     if weights is not None and weights.matrices:
         import tempfile
@@ -299,7 +305,7 @@ FIGURE_CAPTIONS = {
 
 def _caption(key: str) -> str:
     if key.startswith("js_heatmap_"):
-        return f"Pairwise Jensen-Shannon distance between block spectra, convention '{key[len('js_heatmap_'):]}'."
+        return f"Pairwise Jensen-Shannon distance between block spectra, convention '{key[len('js_heatmap_') :]}'."
     return FIGURE_CAPTIONS.get(key, key)
 
 
@@ -346,11 +352,17 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list[str], list[tuple[l
             if isinstance(v, dict)
         ]
         drv = het["drivers"].get("scales-kept-log", [])
-        drv_rows = [[d["group"], d["num_blocks"], d["mean_js_within"], d["mean_js_to_others"], d["contribution"]] for d in drv]
+        drv_rows = [
+            [d["group"], d["num_blocks"], d["mean_js_within"], d["mean_js_to_others"], d["contribution"]]
+            for d in drv
+        ]
         tables = [
             (["convention", "mean pairwise JS"], [[k, v] for k, v in het["mean_js"].items()]),
             (["scale", "ratio", "decades", "largest block", "smallest block"], spread_rows),
-            (["group (scales-kept-log)", "blocks", "mean JS within", "mean JS to others", "contribution"], drv_rows),
+            (
+                ["group (scales-kept-log)", "blocks", "mean JS within", "mean JS to others", "contribution"],
+                drv_rows,
+            ),
         ]
         out.append(("Block heterogeneity", paras, tables))
     st = doc.get("structure")
@@ -361,7 +373,13 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list[str], list[tuple[l
         ] + [f"Note: {n}" for n in st.get("notes", [])]
         rows = [[f"`{t['name']}`", t["role"], t["n_heads"], t["share"], t["random_mean"], "exact" if t["exact"] else
                  f"sampled ({t['columns']} columns)"] for t in st["tensors"]]  # fmt: skip
-        out.append(("Hessian structure by head", paras, [(["tensor", "role", "heads", "share", "random", "columns"], rows)]))
+        out.append(
+            (
+                "Hessian structure by head",
+                paras,
+                [(["tensor", "role", "heads", "share", "random", "columns"], rows)],
+            )
+        )
     w = doc.get("weights")
     if w:
         rows = []
@@ -487,7 +505,9 @@ def render_html(doc: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
 # writing and validation
 
 
-def write_report(folder: str | Path, doc: Mapping[str, Any], figures: Mapping[str, bytes], stage: Path | None = None) -> list[Path]:
+def write_report(
+    folder: str | Path, doc: Mapping[str, Any], figures: Mapping[str, bytes], stage: Path | None = None
+) -> list[Path]:
     """Write report.json, report.md and report.html into ``folder`` (inside ``stage`` when the caller
     already holds a :func:`spectra.io.staged_directory`; else through a new one)."""
     from spectra.io import atomic_write_json, atomic_write_text, staged_directory
@@ -515,4 +535,3 @@ def validate_document(doc: Mapping[str, Any]) -> None:
     import jsonschema
 
     jsonschema.validate(json.loads(json.dumps(json_safe(dict(doc)))), load_schema())
-

@@ -36,7 +36,9 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
 
     settings.validate()
     if (factory is None) == (model_dir is None):
-        raise InputError("MODEL", "give either a Hugging Face model directory or --model-factory module:function")
+        raise InputError(
+            "MODEL", "give either a Hugging Face model directory or --model-factory module:function"
+        )
     if factory is not None:
         from analyses.data import load_factory
 
@@ -71,17 +73,28 @@ def analyze(
     model_dir: Annotated[
         str | None, typer.Argument(help="Hugging Face model directory (config, weights, tokenizer).")
     ] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Text or JSONL file (with a model directory).")] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Text or JSONL file (with a model directory).")
+    ] = None,
     task: Annotated[
-        str | None, typer.Option("--task", help="causal-lm, masked-lm or sequence-classification (default: from config).")
+        str | None,
+        typer.Option(
+            "--task", help="causal-lm, masked-lm or sequence-classification (default: from config)."
+        ),
     ] = None,
     model_factory: Annotated[
         str | None, typer.Option("--model-factory", help="module:function returning (model, loss, batches).")
     ] = None,
-    weights: Annotated[str | None, typer.Option("--weights", help="Weights to load into the factory model.")] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="Weights to load into the factory model.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("spectra-out/report"),
-    batches: Annotated[int, typer.Option("--batches", help="Batches the Hessian is averaged over (0: all).")] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per batch (model directory).")] = 8,
+    batches: Annotated[
+        int, typer.Option("--batches", help="Batches the Hessian is averaged over (0: all).")
+    ] = 4,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Sequences per batch (model directory).")
+    ] = 8,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence (model directory).")] = 128,
     top_k: Annotated[int, typer.Option("--top-k", help="Extreme eigenvalues per side (Lanczos).")] = 5,
     probes: Annotated[int, typer.Option("--probes", help="SLQ probes (full model).")] = 10,
@@ -89,14 +102,20 @@ def analyze(
     block_probes: Annotated[int, typer.Option("--block-probes", help="SLQ probes per block.")] = 10,
     block_steps: Annotated[int, typer.Option("--block-steps", help="Lanczos steps per block probe.")] = 50,
     blocks: Annotated[str, typer.Option("--blocks", help="tensor or head.")] = "tensor",
-    heads: Annotated[int | None, typer.Option("--heads", help="Attention heads (default: from the model).")] = None,
+    heads: Annotated[
+        int | None, typer.Option("--heads", help="Attention heads (default: from the model).")
+    ] = None,
     structure_columns: Annotated[
         int, typer.Option("--structure-columns", help="Exact Hessian columns per tensor in the head check.")
     ] = 1024,
-    no_structure: Annotated[bool, typer.Option("--no-structure", help="Skip the per-head structure check.")] = False,
+    no_structure: Annotated[
+        bool, typer.Option("--no-structure", help="Skip the per-head structure check.")
+    ] = False,
     no_weights: Annotated[bool, typer.Option("--no-weights", help="Skip the weight spectra.")] = False,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or muon (recommendations).")] = "adamw",
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 or float64 (default: model's).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32 or float64 (default: model's).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random probe.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
 ) -> None:

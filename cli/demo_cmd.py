@@ -29,8 +29,8 @@ def run_demo(*, out: Path, reduced: bool, probes: int, steps: int, seed: int, qu
         top_k=3, probes=probes, steps=steps, block_probes=probes, block_steps=steps, seed=seed
     )
     settings.validate()
-    # the structure check samples 2 of the 4 heads per tensor (128 exact Hessian columns) to stay quick
-    options = AnalyzeOptions(structure_max_columns=128)
+    # the structure check samples whole heads (2 of 4; 1 when reduced) per tensor to stay quick
+    options = AnalyzeOptions(structure_max_columns=64 if reduced else 128)
     with torch.random.fork_rng():
         cases = demo_cases(seed, budget)
     rows = []
@@ -51,14 +51,18 @@ def run_demo(*, out: Path, reduced: bool, probes: int, steps: int, seed: int, qu
             md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {spread:.3g}x | "
                       f"{m['scales-kept']:.3f} | {m['shape-only']:.3f} | {m['scales-kept-log']:.3f} |")  # fmt: skip
             details += [f"## {case.name}: {case.description}", "", *[f"- {f}" for f in doc["findings"]], ""]
-            rows.append({"name": case.name, "verdict": het["verdict"], "mean_js": m, "lambda_max_spread": spread})
+            rows.append(
+                {"name": case.name, "verdict": het["verdict"], "mean_js": m, "lambda_max_spread": spread}
+            )
         md += ["", f"Rule: {het['verdict_rule']}.", "", *details,
                f"Total time {time.perf_counter() - started:.0f} s ({'reduced' if reduced else 'full'} budget)."]  # fmt: skip
         atomic_write_text(stage / "summary.md", "\n".join(md) + "\n")
     if not quiet:
         console = out_console()
         for r in rows:
-            console.print(f"{r['name']}: {r['verdict']} (block lambda_max spread {r['lambda_max_spread']:.3g}x)")
+            console.print(
+                f"{r['name']}: {r['verdict']} (block lambda_max spread {r['lambda_max_spread']:.3g}x)"
+            )
         console.print(f"wrote {', '.join(r['name'] for r in rows)} reports and summary.md to {out}")
     return rows
 

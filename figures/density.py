@@ -62,7 +62,9 @@ def plot_full_density(
     for i, x in enumerate(top):
         ax.axvline(x, color="#c44e52", ls="--", lw=0.9, label="top eigenvalues (Lanczos)" if i == 0 else None)
     for i, x in enumerate(bottom):
-        ax.axvline(x, color="#55a868", ls=":", lw=0.9, label="bottom eigenvalues (Lanczos)" if i == 0 else None)
+        ax.axvline(
+            x, color="#55a868", ls=":", lw=0.9, label="bottom eigenvalues (Lanczos)" if i == 0 else None
+        )
     ax.set_xlabel("eigenvalue")
     ax.set_ylabel("density")
     ax.set_title(title or "full-model Hessian spectral density", fontsize=9)

@@ -61,6 +61,7 @@ __all__ = [
     "data_parallel_hessian",
     "BlockAssignment",
     "estimate_block_costs",
+    "measure_block_costs",
     "assign_by_cost",
     "block_spectra",
     "analyze_weights_distributed",
@@ -367,6 +368,7 @@ class DistributedOperator:
             )
         self._reducer = _reducer
         self._check_same(self.dim, "operator dimension")
+        self._like = torch.empty(0, dtype=self.dtype, device=self.device)  # dtype/device of results
         self._count = 0
 
     def _check_same(self, value: Any, what: str) -> None:
@@ -404,9 +406,7 @@ class DistributedOperator:
         if not isinstance(v, torch.Tensor) or v.shape != (self.dim,):
             shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"expected a flat vector of shape ({self.dim},), got {shape}")
-        (out,) = self._reducer.reduce(
-            lambda: [self.local.matvec(v)], [(self.dim,)], v.to(self.dtype), "matvec"
-        )
+        (out,) = self._reducer.reduce(lambda: [self.local.matvec(v)], [(self.dim,)], self._like, "matvec")
         self._count += 1
         return out
 
@@ -422,7 +422,7 @@ class DistributedOperator:
                 return [local_mm(V)]
             return [torch.stack([self.local.matvec(V[:, j]) for j in range(V.shape[1])], dim=1)]
 
-        (out,) = self._reducer.reduce(compute, [tuple(V.shape)], V.to(self.dtype), "matmat")
+        (out,) = self._reducer.reduce(compute, [tuple(V.shape)], self._like, "matmat")
         self._count += int(V.shape[1])
         return out
 
@@ -572,11 +572,13 @@ def data_parallel_hessian(
 # ====================================================================== block-parallel block spectra
 @dataclass(frozen=True)
 class BlockAssignment:
-    """Which rank owns each item (``owners[i]``), the cost estimates used, and each rank's total load."""
+    """Which rank owns each item (``owners[i]``), the cost estimates used, each rank's estimated load
+    and, once a run is done, each rank's measured seconds."""
 
     owners: tuple[int, ...]
     costs: tuple[float, ...]
     loads: tuple[float, ...]
+    rank_seconds: tuple[float, ...] = ()
 
     def items(self, rank: int) -> list[int]:
         """The items ``rank`` owns, in increasing index order."""
@@ -594,6 +596,7 @@ class BlockAssignment:
             "costs": list(self.costs),
             "loads": list(self.loads),
             "imbalance": self.imbalance,
+            "rank_seconds": list(self.rank_seconds),
         }
 
 
@@ -620,13 +623,36 @@ def assign_by_cost(costs: Sequence[float], world: int) -> BlockAssignment:
 def estimate_block_costs(
     blocks: Sequence[Any], steps: int, backward_cost: float | None = None
 ) -> list[float]:
-    """Relative cost of a block's Krylov run: ``min(steps, n) * (backward_cost + n * min(steps, n))`` for
-    a block of n parameters: HVPs (a pruned backward each, ``backward_cost`` parameter-equivalents,
-    default the mean block size) plus full reorthogonalisation (n * steps per step)."""
+    """A static cost guess for a block's Krylov run: ``min(steps, n) * (backward_cost + n * min(steps, n))``
+    for a block of n parameters (HVPs plus full reorthogonalisation). Crude: a block's pruned backward
+    costs more the earlier its layer sits, which sizes cannot see; :func:`measure_block_costs` can."""
     sizes = [int(b.numel) if hasattr(b, "numel") else int(b) for b in blocks]
     if backward_cost is None:
         backward_cost = sum(sizes) / max(len(sizes), 1)
     return [min(steps, n) * (float(backward_cost) + n * min(steps, n)) for n in sizes]
+
+
+def measure_block_costs(operator: Any, blocks: Sequence[Any], steps: int, group: Any = None) -> list[float]:
+    """Cost of each block's Krylov run, ``min(steps, n) * t_b``, with ``t_b`` the measured time of one
+    block HVP (ranks time a round-robin share after one warm-up HVP and share the timings, so every rank
+    gets the same list). Costs about one HVP per block: under 1% of a typical SLQ run."""
+    rank, world = _rank_world(group)
+    mine = shard_indices(len(blocks), rank, world)
+    times = {}
+    if mine:
+        gen = torch.Generator().manual_seed(0)
+        warm = operator.block_diagonal([blocks[mine[0]]])
+        warm.matvec_many([torch.randn(int(blocks[mine[0]].numel), generator=gen, dtype=torch.float64)])
+        for i in mine:
+            mop = operator.block_diagonal([blocks[i]])
+            v = torch.randn(int(blocks[i].numel), generator=gen, dtype=torch.float64)
+            t = time.perf_counter()
+            mop.matvec_many([v])
+            times[i] = time.perf_counter() - t
+    if world > 1:
+        for part in _gather_objects(times, "sharing block timings", group):
+            times.update(part)
+    return [min(steps, int(b.numel)) * times[i] for i, b in enumerate(blocks)]
 
 
 def block_spectra(
@@ -635,7 +661,7 @@ def block_spectra(
     *,
     method: str = "slq",
     group: Any = None,
-    costs: Sequence[float] | None = None,
+    costs: Sequence[float] | str = "measure",
     seed: int = 0,
     **kwargs: Any,
 ) -> tuple[list[Any], BlockAssignment]:
@@ -646,7 +672,8 @@ def block_spectra(
     ``num_probes``, ``steps``, ``probe``, ...), ``"lanczos"`` :func:`~spectra.lanczos.lanczos_lockstep`
     (``k``, ``which``, ``tol``, ``max_steps``). Block ``i`` is seeded by ``block_seed(seed, i)`` with
     its index in ``blocks``, so results equal a single-process lockstep run over all ``blocks``.
-    ``costs`` default to :func:`estimate_block_costs`.
+    ``costs``: ``"measure"`` (:func:`measure_block_costs`, the default), ``"estimate"``
+    (:func:`estimate_block_costs`) or one number per block; the plan returned has each rank's seconds.
     """
     from spectra.lanczos import default_max_steps, lanczos_lockstep
     from spectra.slq import slq_lockstep
@@ -661,12 +688,17 @@ def block_spectra(
     if not blocks:
         raise InputError(None, "no blocks given")
     rank, world = _rank_world(group)
-    if costs is None:
+    if isinstance(costs, str):
         if method == "slq":
             steps = int(kwargs.get("steps", 30))
         else:
             steps = int(kwargs.get("max_steps") or default_max_steps(10**9, int(kwargs.get("k", 5))))
-        costs = estimate_block_costs(blocks, steps)
+        if costs == "measure":
+            costs = measure_block_costs(operator, blocks, steps, group)
+        elif costs == "estimate":
+            costs = estimate_block_costs(blocks, steps)
+        else:
+            raise InputError(None, f"costs must be 'measure', 'estimate' or numbers, got {costs!r}")
     elif len(costs) != len(blocks):
         raise InputError(None, f"{len(costs)} costs for {len(blocks)} blocks")
     plan = assign_by_cost(costs, world)
@@ -687,7 +719,7 @@ def block_spectra(
             error = exc
         seconds = time.perf_counter() - started
     if world == 1:
-        return [results[i] for i in range(len(blocks))], plan
+        return [results[i] for i in range(len(blocks))], replace(plan, rank_seconds=(round(seconds, 4),))
     payload = (None if error is None else _one_line(error), results if error is None else {}, seconds)
     gathered = _gather_objects(payload, "gathering block spectra", group)
     failures = {r: p[0] for r, p in enumerate(gathered) if p[0] is not None}
@@ -696,6 +728,7 @@ def block_spectra(
     merged: dict[int, Any] = {}
     for _, part, _ in gathered:
         merged.update(part)
+    plan = replace(plan, rank_seconds=tuple(round(p[2], 4) for p in gathered))
     return [merged[i] for i in range(len(blocks))], plan
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +49,7 @@ def compute(info: D.DistInfo, checkpoint: str) -> dict:
     mop = dop.block_diagonal(blocks_of(dop))
     out["dp_block_slq"] = [r.to_dict() for r in slq_lockstep(mop, seed=4, **SLQ)]
     full = HessianOperator(case.model, case.batches, case.loss, dtype=torch.float64)
-    res, plan = D.block_spectra(full, blocks_of(full), method="slq", seed=4, **SLQ)
+    res, plan = D.block_spectra(full, blocks_of(full), method="slq", seed=4, costs="estimate", **SLQ)
     out["bp_block_slq"] = [r.to_dict() for r in res]
     out["bp_plan"] = plan.to_dict()
     res, _ = D.block_spectra(full, blocks_of(full), method="lanczos", seed=5, k=2)
@@ -56,7 +58,27 @@ def compute(info: D.DistInfo, checkpoint: str) -> dict:
     out["weights"] = report.to_dict()
     out["failure_messages"] = failure(info)
     out["after_failure"] = dop.matvec(torch.ones(dop.dim, dtype=torch.float64)).tolist()
+    out["hang"] = hang(info)
     return out
+
+
+def hang(info: D.DistInfo) -> list:
+    """Rank 1 stops responding inside a group with a 3 s timeout: rank 0 must get a CollectiveError in
+    about 3 s, not hang (then rank 1 times out the same way, and the default group reports both)."""
+    if info.world_size == 1:
+        return []
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=3))
+    if info.rank == 1:
+        time.sleep(4)
+    started = time.monotonic()
+    try:
+        D.check_all_ok(None, "hang test", group=group)
+        message = "no error"
+    except SpectraError as err:
+        message = f"{type(err).__name__}: {err}"
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, (message, time.monotonic() - started))
+    return gathered
 
 
 def failure(info: D.DistInfo) -> list[str]:
