@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,25 @@ def read_records(path: str | Path) -> list[tuple[str, int | None]]:
     return out
 
 
+#: Files any HF tokenizer is saved as; one must be in the model directory (never fetched from a hub).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+)  # fmt: skip
+
+
+@contextmanager
+def _quiet_transformers(transformers) -> Iterator[None]:
+    """No 'Loading weights' bars on stderr while loading (the CLI owns the terminal); restored after."""
+    utils = transformers.utils.logging
+    was_enabled = utils.is_progress_bar_enabled()
+    utils.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            utils.enable_progress_bar()
+
+
 def load_hf_workload(
     model_dir: str | Path,
     data: str | Path,
@@ -198,6 +218,10 @@ def load_hf_workload(
         raise InputError("--task", f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     auto = {"causal-lm": transformers.AutoModelForCausalLM, "masked-lm": transformers.AutoModelForMaskedLM,
             "sequence-classification": transformers.AutoModelForSequenceClassification}[task]  # fmt: skip
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(
+            model_dir, f"no tokenizer in the model directory (looked for {', '.join(TOKENIZER_FILES)})"
+        )
     try:
         tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     except Exception as err:
@@ -212,7 +236,8 @@ def load_hf_workload(
             model_dir, f"the checkpoint ({', '.join(archs)}) has no {task} head; its loss is undefined"
         )
     try:
-        model = auto.from_pretrained(model_dir, attn_implementation="eager")
+        with _quiet_transformers(transformers):
+            model = auto.from_pretrained(model_dir, attn_implementation="eager")
     except Exception as err:
         raise InputError(
             model_dir, f"cannot load the model for {task} ({type(err).__name__}: {err})"
@@ -261,6 +286,10 @@ def load_hf_workload(
             labels = torch.tensor([lbl for _, lbl in chunk])
         batch["labels"] = labels
         batches.append(batch)
+    if not batches or not any(bool((b["labels"] != -100).any()) for b in batches):
+        raise InputError(
+            data, f"no tokens to train on after tokenizing with {model_dir}'s tokenizer ({task})"
+        )
     return Workload(
         model=model, loss=None, batches=batches, source=f"{model_dir} ({task}) on {Path(data).name}"
     )

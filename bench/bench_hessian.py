@@ -268,7 +268,7 @@ def top_eigenvalue(tool: str, model, batch, *, steps_hint: int | None = None) ->
         op = HessianOperator(model, [batch], ce_loss, attention="off")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = lanczos(op, 1, which="largest", tol=1e-12, max_steps=120, seed=1)
+            r = lanczos(op, 1, which="largest", tol=1e-12, max_steps=100, seed=1)
         out = {"value": r.lambda_max, "hvps": r.num_matvecs, "converged": r.converged,
                "residual": r.top_residuals[0]}  # fmt: skip
     elif tool == "PyHessian":

@@ -17,6 +17,8 @@ def run_partition(
     out: Path,
     factory: str | None,
     weights: str | None,
+    data: str | None,
+    task: str | None,
     verify: bool,
     max_columns: int,
     seed: int,
@@ -45,11 +47,15 @@ def run_partition(
             raise InputError(path, "expected a HF model folder (config.json + weights)")
         partition = partition_checkpoint(path)
         source = str(path)
+        if verify and data is not None:
+            from analyses.data import load_hf_workload
+
+            work = load_hf_workload(path, data, task=task, seed=seed)
     doc: dict[str, Any]
     if verify:
         if work is None:
             raise InputError(
-                model, "--verify needs a model and data: use --model-factory (returns model, loss, batches)"
+                model, "--verify needs data: add --data FILE (text/JSONL), or use --model-factory"
             )
         from analyses.structure import verify_partition
 
@@ -102,6 +108,12 @@ def partition_command(
     weights: Annotated[
         str | None, typer.Option("--weights", help="Checkpoint to load into the factory model.")
     ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Text/JSONL file for --verify on a model folder.")
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="causal-lm, masked-lm or sequence-classification.")
+    ] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Measure each rule's Hessian mass share.")] = False,
     max_columns: Annotated[
         int, typer.Option("--max-columns", help="Exact Hessian columns per tensor.")
@@ -111,6 +123,7 @@ def partition_command(
 ) -> None:
     """Adam-mini partition: one second-moment value per Hessian block, with an adam-mini config."""
     run_partition(
-        model=model, out=out, factory=factory, weights=weights, verify=verify, max_columns=max_columns,
+        model=model, out=out, factory=factory, weights=weights, data=data, task=task, verify=verify,
+        max_columns=max_columns,
         seed=seed, quiet=quiet,
     )  # fmt: skip

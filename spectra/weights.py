@@ -190,13 +190,14 @@ def _analyse_view(
     numel = shape[0] * shape[1]
     k = settings.topk
     note = view.note
+    which = "both"
     if k is None and numel > settings.full_max_elements:
-        k = 64
-        note = _join(
-            note, f"{numel} elements > full_max_elements={settings.full_max_elements}: top/bottom-{k} only"
-        )
+        # automatic fallback for huge matrices: top-k by matrix-vector products only (bottom-k needs a
+        # QR factor, i.e. a float64 copy of the whole matrix, which is what this path avoids)
+        k, which = 64, "top"
+        note = _join(note, f"{numel} elements > full_max_elements={settings.full_max_elements}: top-{k} only")
     if k is not None and k < min(shape):
-        part = partial_singular_values(matrix, k, which="both", seed=settings.seed)
+        part = partial_singular_values(matrix, k, which=which, seed=settings.seed)
         metrics = compute_metrics(None, shape, name=view.name, dtype=settings.dtype, partial=part)
         sv = part.top
         status = "partial"

@@ -147,4 +147,4 @@ def test_partition_bad_input(tmp_path, capsys):
     folder = _tiny_llama_dir(tmp_path / "llama")
     capsys.readouterr()  # drop transformers' own save progress output
     code, _, err = run_cli(["partition", str(folder), "--verify", "--out", str(out), "--quiet"], capsys)
-    _assert_clean_failure(code, err, "--model-factory", out)
+    _assert_clean_failure(code, err, "--data", out)

@@ -228,3 +228,19 @@ def test_table_is_printed(tmp_path, capsys):
     code, out, err = run_cli(["weights", str(path), "--out", str(tmp_path / "o")], capsys)
     assert code == 0, err
     assert "proj.weight" in out and "sigma_max" in out
+
+
+def test_huge_matrices_fall_back_to_top_k(tmp_path):
+    """Above full_max_elements only the top-64 singular values are computed, and the report says so."""
+    w = torch.randn(300, 120, generator=torch.Generator().manual_seed(0))
+    path = cf.write_safetensors(
+        {"big.weight": w, "small.weight": torch.randn(20, 10)}, tmp_path / "m.safetensors"
+    )
+    rep = analyze_weights(path, WeightsSettings(full_max_elements=10_000))
+    big, small = rep.matrices
+    assert big.status == "partial" and "top-64 only" in big.note
+    exact = torch.linalg.svdvals(w.double()).numpy()
+    assert np.isclose(big.metrics.sigma_max, exact[0], rtol=1e-10)
+    assert big.metrics.sigma_min is None and big.metrics.condition_number is None
+    np.testing.assert_allclose(big.singular_values, exact[:64], rtol=1e-9)
+    assert small.status == "ok"
