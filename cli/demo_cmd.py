@@ -10,7 +10,17 @@ import typer
 from cli.console import out_console
 
 
-def run_demo(*, out: Path, reduced: bool, probes: int, steps: int, seed: int, quiet: bool) -> list[dict]:
+def run_demo(
+    *,
+    out: Path,
+    reduced: bool,
+    probes: int,
+    steps: int,
+    seed: int,
+    quiet: bool,
+    block_probes: int | None = None,
+    block_steps: int | None = None,
+) -> list[dict]:
     """Train both demo models, write ``<out>/<model>/report.{json,md,html}`` (the `spectra analyze`
     report) and ``<out>/summary.md`` comparing them."""
     import time
@@ -26,8 +36,9 @@ def run_demo(*, out: Path, reduced: bool, probes: int, steps: int, seed: int, qu
     started = time.perf_counter()
     budget = DemoBudget.reduced() if reduced else DemoBudget()
     settings = HessianSettings(
-        top_k=3, probes=probes, steps=steps, block_probes=probes, block_steps=steps, seed=seed
-    )
+        top_k=3, probes=probes, steps=steps, block_probes=block_probes or probes,
+        block_steps=block_steps or steps, seed=seed,
+    )  # fmt: skip
     settings.validate()
     # the structure check samples whole heads (2 of 4; 1 when reduced) per tensor to stay quick
     options = AnalyzeOptions(structure_max_columns=64 if reduced else 128)
@@ -79,8 +90,18 @@ def demo(
     ] = False,
     probes: Annotated[int, typer.Option("--probes", help="SLQ probes (full model and per block).")] = 10,
     steps: Annotated[int, typer.Option("--steps", help="Lanczos steps per SLQ probe.")] = 40,
+    block_probes: Annotated[
+        int,
+        typer.Option(
+            "--block-probes", help="SLQ probes per block (each costs one pruned backward per block)."
+        ),
+    ] = 4,
+    block_steps: Annotated[int, typer.Option("--block-steps", help="Lanczos steps per block probe.")] = 24,
     seed: Annotated[int, typer.Option("--seed", help="Seed of data, init and probes.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
 ) -> None:
     """Train a small GPT-style transformer and a small CNN on synthetic data; compare their Hessian blocks."""
-    run_demo(out=out, reduced=reduced, probes=probes, steps=steps, seed=seed, quiet=quiet)
+    run_demo(
+        out=out, reduced=reduced, probes=probes, steps=steps, seed=seed, quiet=quiet,
+        block_probes=block_probes, block_steps=block_steps,
+    )  # fmt: skip

@@ -143,6 +143,7 @@ class _Chain:
         self._chunks: list[torch.Tensor] = []
         self._n = 0  # vectors stored (when keeping all)
         self._bufs: dict[str, torch.Tensor] = {}
+        self._released = False
         q = v0.detach().to(device=self.device, dtype=torch.float64).reshape(-1)
         if q.numel() != dim:
             raise ValueError(f"v0 has {q.numel()} entries, the operator has dim {dim}")
@@ -216,6 +217,8 @@ class _Chain:
         """The stored Lanczos vectors q_0..q_{m-1} (rows), when the full basis is kept."""
         if not self._keep_all:
             raise RuntimeError("the basis is only kept with reorthogonalize=True")
+        if self._released:
+            raise RuntimeError("the basis of this chain was released")
         return torch.cat(self._blocks(self.steps)) if self.steps else self._chunks[0][:0]
 
     @property
@@ -256,6 +259,17 @@ class _Chain:
 
     def push(self, aq: torch.Tensor) -> None:
         """Record A q_j and form q_{j+1} (or stop/restart at a breakdown)."""
+        self._push(aq)
+        if self.done:  # a finished chain keeps its basis (Ritz vectors) but not its work vectors
+            self._bufs.clear()
+
+    def release(self) -> None:
+        """Drop the basis and work vectors, keeping alphas/betas (all SLQ needs once a chain is done)."""
+        self._chunks = []
+        self._bufs.clear()
+        self._released = True
+
+    def _push(self, aq: torch.Tensor) -> None:
         if self.done:
             raise RuntimeError("push on a finished Lanczos chain")
         aq = aq.detach().reshape(-1)

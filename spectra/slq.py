@@ -253,6 +253,7 @@ def slq(
         c = _new_chain(dim, op.dtype, op.device, _probe(dim, gen, probe), m, reorthogonalize)
         while not c.done:
             c.push(op.matvec(c.vector()))
+        c.release()  # only the tridiagonal is needed from here on
         chains.append(c)
     return _assemble(chains, dim, m, seed, probe, reorthogonalize, None)
 
@@ -291,6 +292,7 @@ def slq_lockstep(
                     raise RuntimeError(f"matvec_many returned None for running block {mop.names[b]!r}")
                 c.push(out)
         for b, c in enumerate(chains):
+            c.release()  # only the tridiagonal is needed from here on
             per_block[b].append(c)
     return [
         _assemble(
