@@ -36,9 +36,9 @@ _EXPORTS: dict[str, str] = {
     "soft_clip": "analyses.clipping",
     "soft_clip_exact": "analyses.clipping",
     "newton_schulz_steps": "analyses.clipping",
-    "recommend": "analyses.recommend",
-    "Recommendations": "analyses.recommend",
-    "render_markdown": "analyses.recommend",
+    "recommend": "analyses.recommendations",
+    "Recommendations": "analyses.recommendations",
+    "render_markdown": "analyses.recommendations",
     # models and data from the command line
     "load_factory": "analyses.data",
 }

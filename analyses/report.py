@@ -103,7 +103,7 @@ def analyze_model(
             progress=weights_progress,
         )
         if options.recommendations:
-            from analyses.recommend import inputs_from_weights_report, recommend
+            from analyses.recommendations import inputs_from_weights_report, recommend
 
             blocks = {r["name"]: r for r in hess.block_summary()}
             recs = recommend(

@@ -65,7 +65,7 @@ def worker(args: argparse.Namespace) -> int:
     from spectra.blocks import parameter_blocks
     from spectra.data import cross_entropy
     from spectra.operators import HessianOperator
-    from spectra.slq import slq_lockstep
+    from spectra.quadrature import slq_lockstep
     from spectra.weights import WeightsSettings
 
     torch.set_num_threads(1)

@@ -123,7 +123,7 @@ def hvp_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     from hessian_eigenthings import HessianOperator as ETHessian
     from pyhessian import hessian as PyHessian
 
-    from spectra.lanczos import lanczos
+    from spectra.krylov import lanczos
     from spectra.operators import HessianOperator
 
     params = params_of(model)
@@ -255,14 +255,14 @@ def top_eigenvalue(tool: str, model, batch, *, steps_hint: int | None = None) ->
     x, y = batch
     t0 = time.perf_counter()
     if tool == "ours":
-        from spectra.lanczos import lanczos
+        from spectra.krylov import lanczos
         from spectra.operators import HessianOperator
 
         op = HessianOperator(model, [batch], ce_loss, attention="off")
         r = lanczos(op, 1, which="largest", tol=1e-3, seed=0)
         out = {"value": r.lambda_max, "hvps": r.num_matvecs, "converged": r.converged}
     elif tool == "reference":
-        from spectra.lanczos import lanczos
+        from spectra.krylov import lanczos
         from spectra.operators import HessianOperator
 
         op = HessianOperator(model, [batch], ce_loss, attention="off")
@@ -333,7 +333,7 @@ import torch
 torch.set_num_threads(1)
 warnings.simplefilter("ignore")
 import bench_hessian as b
-import curvlinops, hessian_eigenthings, pyhessian, spectra.operators, spectra.lanczos, scipy.sparse.linalg
+import curvlinops, hessian_eigenthings, pyhessian, spectra.operators, spectra.krylov, scipy.sparse.linalg
 model, batch = b.setup()
 b.ce_loss(model, batch)
 def status(key):

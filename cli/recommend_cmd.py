@@ -47,7 +47,7 @@ def run_recommend(
     quiet: bool,
 ) -> dict[str, Any]:
     """Weights probe -> recommendations; write recommendations.json + recommendations.md atomically."""
-    from analyses.recommend import inputs_from_weights_report, recommend, render_markdown
+    from analyses.recommendations import inputs_from_weights_report, recommend, render_markdown
     from spectra.io import atomic_write_json, atomic_write_text, staged_directory
     from spectra.weights import WeightsSettings, analyze_weights, provenance
 

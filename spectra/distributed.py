@@ -668,15 +668,15 @@ def block_spectra(
     """Per-block spectra with the blocks split over ranks; every rank returns all results in block order.
 
     ``operator`` is this rank's full-data operator (a HessianOperator on ALL batches; or anything with
-    ``block_diagonal(blocks)``). ``method="slq"`` runs :func:`~spectra.slq.slq_lockstep` (kwargs:
-    ``num_probes``, ``steps``, ``probe``, ...), ``"lanczos"`` :func:`~spectra.lanczos.lanczos_lockstep`
+    ``block_diagonal(blocks)``). ``method="slq"`` runs :func:`~spectra.quadrature.slq_lockstep` (kwargs:
+    ``num_probes``, ``steps``, ``probe``, ...), ``"lanczos"`` :func:`~spectra.krylov.lanczos_lockstep`
     (``k``, ``which``, ``tol``, ``max_steps``). Block ``i`` is seeded by ``block_seed(seed, i)`` with
     its index in ``blocks``, so results equal a single-process lockstep run over all ``blocks``.
     ``costs``: ``"measure"`` (:func:`measure_block_costs`, the default), ``"estimate"``
     (:func:`estimate_block_costs`) or one number per block; the plan returned has each rank's seconds.
     """
-    from spectra.lanczos import default_max_steps, lanczos_lockstep
-    from spectra.slq import slq_lockstep
+    from spectra.krylov import default_max_steps, lanczos_lockstep
+    from spectra.quadrature import slq_lockstep
 
     if method not in ("slq", "lanczos"):
         raise InputError(None, f"method must be 'slq' or 'lanczos', got {method!r}")

@@ -18,8 +18,8 @@ from torch import nn
 from spectra.blocks import Block, head_blocks, parameter_blocks
 from spectra.errors import InputError
 from spectra.io import json_safe
-from spectra.lanczos import LanczosResult, default_max_steps, lanczos
-from spectra.slq import SLQResult, slq, slq_lockstep
+from spectra.krylov import LanczosResult, default_max_steps, lanczos
+from spectra.quadrature import SLQResult, slq, slq_lockstep
 
 __all__ = [
     "HessianSettings",

@@ -1,4 +1,4 @@
-"""Power iteration, kept for comparison with PyHessian-style numbers (use :func:`spectra.lanczos.lanczos`).
+"""Power iteration, kept for comparison with PyHessian-style numbers (use :func:`spectra.krylov.lanczos`).
 
 Power iteration converges to the eigenvalue of largest *magnitude*. On an indefinite Hessian with
 |lambda_min| close to lambda_max it converges very slowly, and when |lambda_min| > lambda_max it returns
@@ -16,7 +16,7 @@ import torch
 
 from spectra.errors import ConvergenceWarning
 from spectra.io import json_safe
-from spectra.lanczos import random_unit_vector
+from spectra.krylov import random_unit_vector
 from spectra.linop import LinearOperator
 
 
@@ -66,7 +66,7 @@ def power_iteration(
     if not converged:
         warnings.warn(
             f"power iteration did not converge in {max_iter} matvecs (residual {residual:.2e}, "
-            f"Rayleigh quotient {rq:.6g}); it targets the largest |lambda| - use spectra.lanczos.lanczos",
+            f"Rayleigh quotient {rq:.6g}); it targets the largest |lambda| - use spectra.krylov.lanczos",
             ConvergenceWarning,
             stacklevel=2,
         )

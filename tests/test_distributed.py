@@ -24,10 +24,10 @@ import torch
 from spectra import distributed as D
 from spectra.blocks import parameter_blocks
 from spectra.errors import InputError, SpectraError
-from spectra.lanczos import block_seed, lanczos, lanczos_lockstep
+from spectra.krylov import block_seed, lanczos, lanczos_lockstep
 from spectra.linop import DenseBlockOperator
 from spectra.operators import HessianOperator
-from spectra.slq import SLQResult, slq, slq_lockstep
+from spectra.quadrature import SLQResult, slq, slq_lockstep
 from spectra.trace import hutchinson
 from spectra.weights import WeightsSettings, analyze_weights
 from tests.ckpt_factory import tiny_state_dict, write_sharded_safetensors

@@ -19,11 +19,11 @@ from spectra.blocks import BlockDiagonalOperator, parameter_blocks, qkv_blocks
 from spectra.data import mse
 from spectra.errors import ConvergenceWarning
 from spectra.guards import model_state_hash, training_flags
-from spectra.lanczos import block_seed, lanczos, lanczos_lockstep
+from spectra.krylov import block_seed, lanczos, lanczos_lockstep
 from spectra.linop import DenseOperator
 from spectra.operators import GGNOperator, HessianOperator, output_and_target
 from spectra.power import power_iteration
-from spectra.slq import density_l1, exact_density, slq, slq_lockstep
+from spectra.quadrature import density_l1, exact_density, slq, slq_lockstep
 from spectra.trace import hutchinson, hutchpp
 from tests.models import get_case
 from tests.oracles import case_hessian, exact_ggn, exact_hessian

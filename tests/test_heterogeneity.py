@@ -19,7 +19,7 @@ from analyses.heterogeneity import (
     scale_spread,
 )
 from spectra.linop import DenseBlockOperator
-from spectra.slq import slq_lockstep
+from spectra.quadrature import slq_lockstep
 
 
 @pytest.fixture(autouse=True)

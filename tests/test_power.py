@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spectra.errors import ConvergenceWarning
-from spectra.lanczos import lanczos
+from spectra.krylov import lanczos
 from spectra.linop import DenseOperator
 from spectra.power import power_iteration
 

@@ -27,3 +27,25 @@ def test_import_has_no_side_effects():
         "assert (logging.getLogger().level, list(warnings.filters)) == before"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_exported_functions_are_not_shadowed_by_submodules():
+    """No submodule is named like an exported function (importing it would replace the function)."""
+    import importlib
+
+    for module in set(spectra._EXPORTS.values()):
+        importlib.import_module(module)
+    for name in spectra.__all__:
+        value = getattr(spectra, name)
+        assert not isinstance(value, type(spectra)), f"spectra.{name} is a module, not the exported object"
+
+
+def test_analyses_exports_are_not_shadowed_by_submodules():
+    import importlib
+
+    import analyses
+
+    for module in set(analyses._EXPORTS.values()):
+        importlib.import_module(module)
+    for name in analyses.__all__:
+        assert not isinstance(getattr(analyses, name), type(analyses)), f"analyses.{name} is a module"

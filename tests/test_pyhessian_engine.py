@@ -79,7 +79,7 @@ def test_trace_within_its_standard_error():
 
 
 def test_density_refuses_with_pointer_and_bad_inputs():
-    with pytest.raises(SpectraError, match="torch.eig.*spectra.slq"):
+    with pytest.raises(SpectraError, match=r"torch.eig.*spectra\.slq"):
         pyhessian_density()
     model, crit, x, y = tiny_problem()
     with pytest.raises(SpectraError, match="float32"):

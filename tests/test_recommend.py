@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from analyses import pc_layer as pc
-from analyses import recommend as rc
+from analyses import recommendations as rc
 from spectra.errors import InputError
 
 

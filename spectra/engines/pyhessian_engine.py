@@ -140,5 +140,5 @@ def pyhessian_density(*args: Any, **kwargs: Any) -> None:
     """Not supported: PyHessian 0.1's ``density()`` calls ``torch.eig``, removed in torch >= 2."""
     raise SpectraError(
         "PyHessian's density() calls torch.eig, which was removed in torch 2.0, so it cannot run here; "
-        "use spectra.slq.slq(operator).density() (stochastic Lanczos quadrature with float64 bookkeeping)"
+        "use spectra.slq(operator).density() (stochastic Lanczos quadrature with float64 bookkeeping)"
     )

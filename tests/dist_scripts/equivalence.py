@@ -22,9 +22,9 @@ import torch.distributed as dist  # noqa: E402
 from spectra import distributed as D  # noqa: E402
 from spectra.blocks import parameter_blocks, row_blocks  # noqa: E402
 from spectra.errors import SpectraError  # noqa: E402
-from spectra.lanczos import lanczos  # noqa: E402
+from spectra.krylov import lanczos  # noqa: E402
 from spectra.operators import HessianOperator  # noqa: E402
-from spectra.slq import slq, slq_lockstep  # noqa: E402
+from spectra.quadrature import slq, slq_lockstep  # noqa: E402
 from spectra.trace import hutchinson  # noqa: E402
 from spectra.weights import WeightsSettings  # noqa: E402
 from tests.models import mlp_case  # noqa: E402

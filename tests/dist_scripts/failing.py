@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from spectra import distributed as D  # noqa: E402
 from spectra.errors import SpectraError  # noqa: E402
-from spectra.lanczos import lanczos  # noqa: E402
+from spectra.krylov import lanczos  # noqa: E402
 from tests.models import mlp_case  # noqa: E402
 
 

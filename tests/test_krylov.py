@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spectra.errors import ConvergenceWarning
-from spectra.lanczos import (
+from spectra.krylov import (
     LanczosResult,
     block_seed,
     default_max_steps,

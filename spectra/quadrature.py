@@ -3,7 +3,7 @@
 For each normalised probe v, m Lanczos steps give T_m = Q diag(theta) Q^T; the Gauss quadrature nodes
 theta_i with weights tau_i = Q[0, i]^2 satisfy v^T f(A) v ~ sum_i tau_i f(theta_i). Averaging over probes
 estimates (1/dim) tr f(A): with f a kernel, the smoothed spectral density; with f(x) = x, tr(A) / dim.
-All bookkeeping is float64 (see :mod:`spectra.lanczos`).
+All bookkeeping is float64 (see :mod:`spectra.krylov`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from spectra.io import json_safe
-from spectra.lanczos import _block_ids, _Chain, _eig_tridiagonal, block_seed
+from spectra.krylov import _block_ids, _Chain, _eig_tridiagonal, block_seed
 from spectra.linop import LinearOperator, MultiOperator
 from spectra.trace import draw_probes
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from spectra.lanczos import block_seed
+from spectra.krylov import block_seed
 from spectra.linop import DenseBlockOperator, DenseOperator
-from spectra.slq import DEFAULT_SIGMA_FRACTION, density_l1, exact_density, slq, slq_lockstep
+from spectra.quadrature import DEFAULT_SIGMA_FRACTION, density_l1, exact_density, slq, slq_lockstep
 
 torch.set_num_threads(1)
 
