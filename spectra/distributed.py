@@ -758,34 +758,26 @@ def analyze_weights_distributed(
     except for timing fields in ``provenance`` (which also records the world size and the loads).
     """
     from spectra.checkpoint import open_checkpoint
-    from spectra.matrices import ExtractOptions, extract_matrices, plan_tensor
+    from spectra.matrices import extract_matrices
     from spectra.metrics import summarize
-    from spectra.weights import WeightsReport, WeightsSettings, _analyse_view, _selected, _skip, provenance
+    from spectra.weights import (
+        WeightsReport,
+        WeightsSettings,
+        analyse_view,
+        compute_dtype_of,
+        plan_inventory,
+        provenance,
+    )
 
     settings = settings or WeightsSettings()
-    if settings.dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be float64 or float32, got {settings.dtype!r}")
-    compute_dtype = torch.float64 if settings.dtype == "float64" else torch.float32
-    options = ExtractOptions(
-        min_dim=settings.min_dim, conv_rule=settings.conv_rule, split_qkv=settings.split_qkv
-    )
+    compute_dtype = compute_dtype_of(settings)
     dev = resolve_device(device)
     rank, world = _rank_world(group)
 
     def local_part() -> tuple[Any, ...]:
         """Plan every tensor (headers only), then read and decompose this rank's share."""
         with open_checkpoint(source) as ckpt:
-            records = []
-            for name in ckpt.names():
-                record = plan_tensor(
-                    ckpt.meta(name),
-                    config=ckpt.config,
-                    module_type=ckpt.module_types.get(name),
-                    options=options,
-                )
-                if record.status == "analysed" and settings.layers and not _selected(name, settings.layers):
-                    record = _skip(record, "not selected by --layers")
-                records.append(record)
+            records = plan_inventory(ckpt, settings)
             todo = [r for r in records if r.status == "analysed"]
             plan = assign_by_cost([_record_cost(r) for r in todo], world)
             mine = plan.items(rank)
@@ -798,7 +790,7 @@ def analyze_weights_distributed(
                 views = extract_matrices(record, tensor)
                 if dev.type != "cpu":
                     views = [replace(v, matrix=v.matrix.to(dev)) for v in views]
-                out[i] = [_analyse_view(v, ckpt.config, settings, compute_dtype) for v in views]
+                out[i] = [analyse_view(v, ckpt.config, settings, compute_dtype) for v in views]
                 del tensor, views
             if progress is not None:
                 progress(len(mine), len(mine), "")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectra.checkpoint import FileInfo, open_checkpoint
+from spectra.checkpoint import Checkpoint, FileInfo, open_checkpoint
 from spectra.matrices import ExtractOptions, MatrixView, TensorRecord, extract_matrices, plan_tensor
 from spectra.metrics import MatrixMetrics, ModelSummary, compute_metrics, summarize
 from spectra.svd import count_nonfinite, partial_singular_values, singular_values
@@ -119,29 +119,14 @@ def analyze_weights(
 ) -> WeightsReport:
     """Run the weight-spectrum probe on a checkpoint path or a live module (never modified)."""
     settings = settings or WeightsSettings()
-    if settings.dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be float64 or float32, got {settings.dtype!r}")
-    compute_dtype = torch.float64 if settings.dtype == "float64" else torch.float32
-    options = ExtractOptions(
-        min_dim=settings.min_dim, conv_rule=settings.conv_rule, split_qkv=settings.split_qkv
-    )
+    compute_dtype = compute_dtype_of(settings)
     old_threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     try:
         with open_checkpoint(source) as ckpt:
-            records: list[TensorRecord] = []
-            for name in ckpt.names():
-                record = plan_tensor(
-                    ckpt.meta(name),
-                    config=ckpt.config,
-                    module_type=ckpt.module_types.get(name),
-                    options=options,
-                )
-                if record.status == "analysed" and settings.layers and not _selected(name, settings.layers):
-                    record = _skip(record, "not selected by --layers")
-                records.append(record)
+            records = plan_inventory(ckpt, settings)
             todo = [r for r in records if r.status == "analysed"]
             results: list[MatrixReport] = []
             for i, record in enumerate(todo):
@@ -150,7 +135,7 @@ def analyze_weights(
                 tensor = ckpt.load(record.name)
                 views = extract_matrices(record, tensor)
                 for view in views:
-                    results.append(_analyse_view(view, ckpt.config, settings, compute_dtype))
+                    results.append(analyse_view(view, ckpt.config, settings, compute_dtype))
                 del tensor, views
             if progress is not None:
                 progress(len(todo), len(todo), "")
@@ -174,10 +159,34 @@ def analyze_weights(
     )
 
 
-def _analyse_view(
+def compute_dtype_of(settings: WeightsSettings) -> torch.dtype:
+    """The torch dtype the spectra are computed in (validated: float64 or float32)."""
+    if settings.dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be float64 or float32, got {settings.dtype!r}")
+    return torch.float64 if settings.dtype == "float64" else torch.float32
+
+
+def plan_inventory(ckpt: Checkpoint, settings: WeightsSettings) -> list[TensorRecord]:
+    """One record per tensor from metadata alone: analysed (with its matrices) or skipped with a reason."""
+    options = ExtractOptions(
+        min_dim=settings.min_dim, conv_rule=settings.conv_rule, split_qkv=settings.split_qkv
+    )
+    records = []
+    for name in ckpt.names():
+        record = plan_tensor(
+            ckpt.meta(name), config=ckpt.config, module_type=ckpt.module_types.get(name), options=options
+        )
+        if record.status == "analysed" and settings.layers and not _selected(name, settings.layers):
+            record = _skip(record, "not selected by --layers")
+        records.append(record)
+    return records
+
+
+def analyse_view(
     view: MatrixView, config: dict | None, settings: WeightsSettings, compute_dtype: torch.dtype
 ) -> MatrixReport:
-    """Singular values and metrics of one matrix; NaN/Inf are reported, never raised."""
+    """Singular values and metrics of one matrix; NaN/Inf are reported, never raised (``config`` unused: roles
+    come with the view)."""
     matrix = view.matrix
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     role = view.role

@@ -32,15 +32,6 @@ from tests.test_partition import (
 adam_mini = pytest.importorskip("adam_mini")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One BLAS thread: the test machine is shared, and oversubscription makes these tests 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 LR, EPS = 1e-2, 1e-8
 
 

@@ -21,8 +21,6 @@ from spectra.operators import GGNOperator, HessianOperator
 from tests.models import get_case, random_vector
 from tests.oracles import case_hessian, exact_ggn, rel_err
 
-torch.set_num_threads(1)
-
 
 def _exact_block(op: HessianOperator, H: torch.Tensor, block: Block) -> torch.Tensor:
     """H_bb by embedding the block's unit vectors (independent of the pruned-backward path)."""

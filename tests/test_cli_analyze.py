@@ -22,17 +22,6 @@ def make():
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems run fastest on one BLAS thread (and the machine is shared); restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _run(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -14,14 +14,6 @@ from tests import ckpt_factory as cf
 from tests.test_cli_weights import _assert_clean_failure, run_cli
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_recommend_writes_json_and_markdown(tmp_path, capsys):
     ckpt = write_example_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "rec"

@@ -18,8 +18,6 @@ from spectra.guards import (
 )
 from tests.models import get_case
 
-torch.set_num_threads(1)
-
 
 def test_eval_mode_restores_mixed_flags_even_on_error():
     m = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.Sequential(nn.BatchNorm1d(2), nn.Dropout(0.1)))

@@ -29,15 +29,6 @@ from tests.models import get_case
 from tests.oracles import case_hessian, exact_ggn, exact_hessian
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: one BLAS thread keeps the file fast and timings stable."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _state(model: nn.Module) -> tuple:
     """Everything a call must not change: weights + buffers (hash), train/eval flags, HF attention."""
     cfg = getattr(model, "config", None)

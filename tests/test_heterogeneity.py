@@ -22,17 +22,6 @@ from spectra.linop import DenseBlockOperator
 from spectra.quadrature import slq_lockstep
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems run fastest on one BLAS thread (and the machine is shared); restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _rotated(eigs: np.ndarray, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=g, dtype=torch.float64))

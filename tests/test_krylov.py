@@ -20,8 +20,6 @@ from spectra.krylov import (
 )
 from spectra.linop import DenseBlockOperator, DenseOperator
 
-torch.set_num_threads(1)
-
 
 def planted(lam, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     """Q diag(lam) Q^T with a Haar-ish random Q, built in float64 then cast."""

@@ -14,8 +14,6 @@ from spectra.operators import GGNOperator, HessianOperator, output_and_target
 from tests.models import get_case, random_vector
 from tests.oracles import case_hessian, exact_ggn, exact_hessian, rel_err
 
-torch.set_num_threads(1)
-
 CASES = ["mlp", "mlp-mse", "cnn-bn", "sdpa-lm", "encoder-layer", "indefinite", "gpt2", "llama"]
 EXACT_MODES = ["reuse", "recompute", "fwd_rev"]
 # Llama's RMSNorm upcasts to float32 even in a float64 model: its float64 results agree to ~1e-7 only.

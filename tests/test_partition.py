@@ -25,15 +25,6 @@ from spectra.errors import InputError
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One BLAS thread: the test machine is shared, and oversubscription makes these tests 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 V, H, FF = 64, 32, 48  # vocab, hidden, intermediate of the tiny models
 
 

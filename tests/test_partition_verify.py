@@ -23,15 +23,6 @@ from spectra.io import json_safe
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One BLAS thread: the test machine is shared, and oversubscription makes these tests 20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batches(vocab=32, n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     out = []

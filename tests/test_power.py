@@ -13,8 +13,6 @@ from spectra.krylov import lanczos
 from spectra.linop import DenseOperator
 from spectra.power import power_iteration
 
-torch.set_num_threads(1)
-
 
 def planted(lam, seed: int = 0) -> torch.Tensor:
     lam = torch.as_tensor(np.asarray(lam, dtype=np.float64))

@@ -15,7 +15,6 @@ from spectra.engines import pyhessian_density, pyhessian_top_eigenvalues, pyhess
 from spectra.errors import SpectraError
 
 pytest.importorskip("pyhessian")
-torch.set_num_threads(1)
 
 
 def tiny_problem():

@@ -12,8 +12,6 @@ from spectra.krylov import block_seed
 from spectra.linop import DenseBlockOperator, DenseOperator
 from spectra.quadrature import DEFAULT_SIGMA_FRACTION, density_l1, exact_density, slq, slq_lockstep
 
-torch.set_num_threads(1)
-
 
 def planted(lam, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     lam = torch.as_tensor(np.asarray(lam, dtype=np.float64))

@@ -11,8 +11,6 @@ import torch
 from spectra.linop import DenseOperator
 from spectra.trace import hutchinson, hutchpp
 
-torch.set_num_threads(1)
-
 
 def planted(lam, seed: int = 0) -> torch.Tensor:
     lam = torch.as_tensor(np.asarray(lam, dtype=np.float64))
