@@ -135,6 +135,26 @@ def _print_table(report, max_rows: int) -> None:
         f"{len(report.matrices)} matrices from {len(report.inventory) - len(skipped)} tensors; "
         f"{len(skipped)} tensors skipped (reasons in the JSON inventory)"
     )
+    summary = report.summary.metrics
+    parts = []
+    for key, label in (
+        ("alpha", "alpha"),
+        ("stable_rank", "stable rank"),
+        ("log_spectral_norm", "log10 sigma_max^2"),
+    ):
+        s = summary.get(key)
+        if s is not None and s.median is not None:
+            outl = (
+                f", outliers: {', '.join(s.outliers[:3])}{' ...' if len(s.outliers) > 3 else ''}"
+                if s.outliers
+                else ""
+            )
+            parts.append(f"median {label} {s.median:.4g} (mean {_fmt(s.mean)}{outl})")
+    mck = summary.get("modified_condition_number")
+    if mck is not None and mck.geometric_mean is not None:
+        parts.append(f"GMCN (geometric mean of modified kappa) {mck.geometric_mean:.4g}")
+    for line in parts:
+        console.print(line)
     nonfinite = [m.name for m in report.matrices if m.status == "nonfinite"]
     if nonfinite:
         console.print(
