@@ -49,9 +49,15 @@ def count_nonfinite(matrix: torch.Tensor) -> int:
     """Number of NaN or +-Inf entries in ``matrix`` (0 for a clean matrix)."""
     if not torch.is_floating_point(matrix) and not torch.is_complex(matrix):
         return 0
-    if bool(torch.isfinite(matrix).all()):  # fast path without an int64 temporary the size of the matrix
+    # Fast path with no temporary the size of the matrix: any NaN/Inf makes the sum non-finite, so a finite
+    # sum proves there are none; a non-finite sum (NaN/Inf, or mere overflow) falls through to counting.
+    if bool(torch.isfinite(matrix.sum())):
         return 0
-    return int(matrix.numel() - torch.isfinite(matrix).count_nonzero())
+    flat = matrix.reshape(-1)
+    step = max(1, GRAM_CHUNK_BYTES // max(1, flat.element_size()))
+    return int(
+        sum(int(flat[i : i + step].isfinite().logical_not().sum()) for i in range(0, flat.numel(), step))
+    )
 
 
 def _as_2d(matrix: torch.Tensor) -> torch.Tensor:

@@ -213,3 +213,13 @@ def test_gram_accumulated_in_slabs_matches_svd(monkeypatch, shape):
     exact = torch.linalg.svdvals(w.double()).numpy()
     np.testing.assert_allclose(got, exact, rtol=1e-12 * exact[0] / exact[-1] ** 2 * exact[0], atol=0)
     assert np.max(np.abs(got - exact)) <= 1e-12 * exact[0]
+
+
+def test_count_nonfinite_fast_path_is_exact():
+    """A sum that merely overflows is not mistaken for NaN/Inf, and every bad entry is counted."""
+    big = torch.full((50, 40), 3e38, dtype=torch.float32)  # finite entries whose sum overflows
+    assert count_nonfinite(big) == 0
+    big[7, 3] = float("nan")
+    big[0, 0] = float("-inf")
+    assert count_nonfinite(big) == 2
+    assert count_nonfinite(big.T) == 2
