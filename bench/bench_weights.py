@@ -41,7 +41,6 @@ print(json.dumps({"import": t1 - t0, "load": t2 - t1, "compute": t3 - t2, "layer
 
 SPECTRA_COMPUTE_SCRIPT = r"""
 import json, sys, time
-import torch
 from spectra.checkpoint import open_checkpoint
 from spectra.matrices import plan_tensor, extract_matrices
 from spectra.svd import singular_values
@@ -51,11 +50,12 @@ with open_checkpoint(sys.argv[1]) as ck:
     for name in ck.names():
         rec = plan_tensor(ck.meta(name), config=ck.config)
         if rec.status == "analysed":
-            views += extract_matrices(rec, ck.load(name))
+            views += extract_matrices(rec, ck.load_numpy(name))  # the CLI's torch-free path
 t0 = time.perf_counter()
 for v in views:
     sv = singular_values(v.matrix)
     compute_metrics(sv, tuple(v.matrix.shape), name=v.name)
+assert "torch" not in sys.modules
 t1 = time.perf_counter()
 print(json.dumps({"compute": t1 - t0, "matrices": len(views)}))
 """

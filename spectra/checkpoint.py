@@ -28,11 +28,14 @@ import sys
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from spectra.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported lazily: safetensors read as numpy (load_numpy) never need it
+    import torch
 
 __all__ = ["FileInfo", "TensorMeta", "Checkpoint", "open_checkpoint", "natural_key"]
 
@@ -63,6 +66,12 @@ _ST_DTYPES: dict[str, tuple[str, float]] = {
     "BOOL": ("bool", 1),
     "C64": ("complex64", 8),
 }
+# safetensors dtype code -> numpy dtype the bytes are read as (bf16 as raw uint16 bits, see _read_numpy)
+_ST_NUMPY: dict[str, str] = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}  # fmt: skip
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors spec caps the header at 100 MB
 
 
@@ -123,17 +132,53 @@ class _SafetensorsFile:
         self.size = _file_size(path)
         self._mtime = path.stat().st_mtime_ns
         self.metas, self.metadata, self._spans = _read_safetensors_header(path, self.size)
-        self._open()  # safetensors' own checks (coverage, overlaps, dtypes) also run at open time
+        self._open("numpy")  # safetensors' own checks (coverage, overlaps, dtypes) also run at open time
 
-    def _open(self):
+    def _open(self, framework: str = "pt"):
         from safetensors import safe_open
 
         try:
-            return safe_open(str(self.path), framework="pt", device="cpu")
+            return safe_open(str(self.path), framework=framework, device="cpu")
         except Exception as exc:  # SafetensorError / OSError
             raise InputError(self.path, f"corrupt safetensors file: {_one_line(exc)}") from None
 
+    def _read_bytes(self, name: str, buf: Any) -> None:
+        """Read tensor ``name``'s byte range into the writable buffer ``buf`` (InputError if short)."""
+        start, end, _ = self._spans[name]
+        with open(self.path, "rb") as fh:
+            fh.seek(start)
+            got = fh.readinto(buf)
+        if got != end - start:
+            raise InputError(self.path, f"truncated: tensor '{name}' ends at byte {end}, read {start + got}")
+
+    def load_numpy(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a numpy array without importing torch; bf16/f16 become float32 exactly.
+
+        bf16 is the top half of a float32, so its uint16 bits shifted left by 16 are the float32 bits.
+        Dtypes numpy cannot represent (float8, F4, C64) and big-endian hosts fall back to :meth:`load`.
+        """
+        _check_unchanged(self.path, self.size, self._mtime)
+        start, end, code = self._spans[name]
+        np_code = _ST_NUMPY.get(code)
+        if np_code is None or sys.byteorder != "little":
+            return _torch_to_numpy(self.load(name))
+        try:
+            raw = np.empty(end - start, dtype=np.uint8)
+            self._read_bytes(name, memoryview(raw))
+            arr = raw.view(np_code).reshape(self.metas[name].shape)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(self.path, f"could not read tensor '{name}': {_one_line(exc)}") from None
+        if code == "BF16":
+            return (arr.astype(np.uint32) << 16).view(np.float32)
+        if code == "F16":
+            return arr.astype(np.float32)
+        return arr
+
     def load(self, name: str) -> torch.Tensor:
+        import torch
+
         _check_unchanged(self.path, self.size, self._mtime)
         start, end, code = self._spans[name]
         meta = self.metas[name]
@@ -142,13 +187,7 @@ class _SafetensorsFile:
             if dtype is None or sys.byteorder != "little":
                 return self._open().get_tensor(name)
             buf = torch.empty(end - start, dtype=torch.uint8)
-            with open(self.path, "rb") as fh:
-                fh.seek(start)
-                got = fh.readinto(memoryview(buf.numpy()))
-            if got != end - start:
-                raise InputError(
-                    self.path, f"truncated: tensor '{name}' ends at byte {end}, read {start + got}"
-                )
+            self._read_bytes(name, memoryview(buf.numpy()))
             return buf.view(dtype).reshape(meta.shape)
         except InputError:
             raise
@@ -174,6 +213,9 @@ class _TorchFile:
         if not self.mmapped:
             notes.append(f"{path.name}: legacy (non-zip) torch format, loaded into memory without mmap")
 
+    def load_numpy(self, name: str) -> np.ndarray:
+        return _torch_to_numpy(self.load(name))
+
     def load(self, name: str) -> torch.Tensor:
         if self.mmapped:
             _check_unchanged(self.path, self.size, self._mtime)
@@ -190,12 +232,17 @@ class _ModuleSource:
     """A live module: metadata from ``state_dict()``; ``load`` returns a detached copy."""
 
     def __init__(self, module: torch.nn.Module):
+        import torch
+
         sd = module.state_dict(keep_vars=False)
         self.tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
         self.metas = {
             k: TensorMeta(k, tuple(t.shape), _dtype_name(t.dtype), None) for k, t in self.tensors.items()
         }
         self.path = f"<module {type(module).__name__}>"
+
+    def load_numpy(self, name: str) -> np.ndarray:
+        return _torch_to_numpy(self.load(name))
 
     def load(self, name: str) -> torch.Tensor:
         t = self.tensors[name]
@@ -265,6 +312,17 @@ class Checkpoint:
             raise ValueError(f"checkpoint {self.source!r} is closed")
         return self._backend(name).load(name)
 
+    def load_numpy(self, name: str) -> np.ndarray:
+        """Read one tensor as a numpy array (bf16/f16 as exact float32). Torch-free for safetensors."""
+        if self._closed:
+            raise ValueError(f"checkpoint {self.source!r} is closed")
+        return self._backend(name).load_numpy(name)
+
+    @property
+    def torch_free(self) -> bool:
+        """True when every tensor comes from safetensors, so :meth:`load_numpy` never imports torch."""
+        return all(isinstance(b, _SafetensorsFile) for b in self._backends.values())
+
     def iter_tensors(self, names: list[str] | None = None):
         """Yield ``(name, tensor)`` one at a time (only one tensor alive per step if the caller drops it)."""
         for n in self._names if names is None else names:
@@ -298,9 +356,11 @@ def open_checkpoint(source: str | Path | torch.nn.Module, *, config: dict | None
     ``config`` overrides any ``config.json`` found next to the weights (used for QKV head layouts and
     GPT-2 Conv1D detection). Raises :class:`InputError` for missing, corrupt, unsafe or empty inputs.
     """
-    if isinstance(source, torch.nn.Module):
-        return _open_module(source, config)
     if not isinstance(source, str | os.PathLike):
+        import torch
+
+        if isinstance(source, torch.nn.Module):
+            return _open_module(source, config)
         raise InputError(None, f"cannot open a checkpoint from a {type(source).__name__}")
     path = Path(source)
     if not path.exists():
@@ -536,8 +596,19 @@ def _read_safetensors_header(
     return metas, metadata, spans
 
 
+def _torch_to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A loaded torch tensor as numpy; low-precision floats go to float32 (exact), others as stored."""
+    import torch
+
+    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t.numpy(force=True)
+
+
 def _torch_load(path: Path) -> tuple[Any, bool]:
     """``torch.load`` with weights_only=True; mmap for the zip format. Errors become InputError."""
+    import torch
+
     try:
         is_zip = zipfile.is_zipfile(path)
         with open(path, "rb") as fh:
@@ -580,6 +651,8 @@ def _explain_torch_error(exc: Exception, is_zip: bool) -> str:
 
 def _unwrap_state_dict(obj: Any, path: Path, notes: list[str]) -> dict[str, torch.Tensor]:
     """Accept a flat {name: tensor} dict, or one nested under a common key; ignore non-tensors."""
+    import torch
+
     if not isinstance(obj, dict):
         if isinstance(obj, torch.Tensor):
             raise InputError(path, "the file holds a single tensor, not a state dict of named tensors")

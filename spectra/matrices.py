@@ -36,12 +36,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from spectra.checkpoint import Checkpoint, TensorMeta
 from spectra.roles import tensor_role
+
+if TYPE_CHECKING:  # numpy arrays (the safetensors fast path) never need torch
+    import torch
 
 __all__ = [
     "CONV1D_MODEL_TYPES",
@@ -122,7 +125,7 @@ class MatrixView:
     name: str
     tensor_name: str
     kind: str
-    matrix: torch.Tensor
+    matrix: torch.Tensor | np.ndarray
     note: str = ""
     role: str = "other"
 
@@ -348,7 +351,7 @@ def plan_tensor(
 
 def extract_matrices(
     record: TensorRecord,
-    tensor: torch.Tensor,
+    tensor: torch.Tensor | np.ndarray,
     *,
     config: dict | None = None,
     module_type: str | None = None,
@@ -358,29 +361,32 @@ def extract_matrices(
 
     The record already holds every decision (``ops``, ``split``), so ``config``/``module_type``/
     ``options`` are accepted only for call-site symmetry with :func:`plan_tensor` and are not used.
+    A numpy array gets the same recipe with numpy views (no torch import).
     """
     del config, module_type, options
     if not record.analysed:
         return []
     if tuple(tensor.shape) != record.shape:
         raise ValueError(f"{record.name}: tensor shape {tuple(tensor.shape)} != planned {record.shape}")
-    w = tensor.detach()
-    mats: list[torch.Tensor] = []
+    is_np = isinstance(tensor, np.ndarray)
+    w = tensor if is_np else tensor.detach()
+    mats: list[Any] = []
     for op in record.ops:
         if op == "squeeze":
-            while w.dim() > 1 and w.shape[0] == 1:
+            while w.ndim > 1 and w.shape[0] == 1:
                 w = w[0]
         elif op == "transpose":
             w = w.T
         elif op == "swap01":
-            w = w.transpose(0, 1)
+            w = w.swapaxes(0, 1) if is_np else w.transpose(0, 1)
         elif op == "flatten":
             w = w.reshape(w.shape[0], -1)
         elif op == "per_position":
             k = math.prod(w.shape[2:])
-            mats = list(w.reshape(w.shape[0], w.shape[1], k).unbind(dim=2))
+            w3 = w.reshape(w.shape[0], w.shape[1], k)
+            mats = [w3[:, :, i] for i in range(k)] if is_np else list(w3.unbind(dim=2))
         elif op == "experts":
-            mats = list(w.unbind(dim=0))
+            mats = list(w) if is_np else list(w.unbind(dim=0))
         else:  # pragma: no cover - the vocabulary is closed
             raise ValueError(f"unknown op {op!r}")
     if not mats:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import fnmatch
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from spectra.checkpoint import Checkpoint, FileInfo, open_checkpoint
 from spectra.matrices import ExtractOptions, MatrixView, TensorRecord, extract_matrices, plan_tensor
 from spectra.metrics import MatrixMetrics, ModelSummary, compute_metrics, summarize
 from spectra.svd import count_nonfinite, partial_singular_values, singular_values
+
+if TYPE_CHECKING:  # torch is imported only for .bin/.pt checkpoints and live modules
+    import torch
 
 SCHEMA_VERSION = "hessian-spectra/weights/1"
 
@@ -117,34 +120,40 @@ def analyze_weights(
     *,
     progress: Progress | None = None,
 ) -> WeightsReport:
-    """Run the weight-spectrum probe on a checkpoint path or a live module (never modified)."""
+    """Run the weight-spectrum probe on a checkpoint path or a live module (never modified).
+
+    Safetensors checkpoints (single, sharded, HF folder) are read and decomposed with numpy alone, so torch
+    is never imported (``--threads`` then limits BLAS through threadpoolctl when installed, otherwise BLAS
+    threads follow ``OMP_NUM_THREADS``); ``.bin``/``.pt`` files and live modules use torch.
+    """
+    from contextlib import ExitStack
+
     settings = settings or WeightsSettings()
-    compute_dtype = compute_dtype_of(settings)
-    old_threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    if settings.dtype not in ("float64", "float32"):
+        raise ValueError(f"dtype must be float64 or float32, got {settings.dtype!r}")
     started = time.perf_counter()
-    try:
-        with open_checkpoint(source) as ckpt:
-            records = plan_inventory(ckpt, settings)
-            todo = [r for r in records if r.status == "analysed"]
-            results: list[MatrixReport] = []
-            for i, record in enumerate(todo):
-                if progress is not None:
-                    progress(i, len(todo), record.name)
-                tensor = ckpt.load(record.name)
-                views = extract_matrices(record, tensor)
-                for view in views:
-                    results.append(analyse_view(view, ckpt.config, settings, compute_dtype))
-                del tensor, views
-            if progress is not None:
-                progress(len(todo), len(todo), "")
-            files = tuple(ckpt.files)
-            notes = tuple(ckpt.notes)
-            display = ckpt.source
-    finally:
+    with ExitStack() as stack:
+        ckpt = stack.enter_context(open_checkpoint(source))
+        use_numpy = ckpt.torch_free
+        compute_dtype: Any = settings.dtype if use_numpy else compute_dtype_of(settings)
         if settings.threads:
-            torch.set_num_threads(old_threads)
+            stack.enter_context(_thread_limit(settings.threads, use_numpy))
+        records = plan_inventory(ckpt, settings)
+        todo = [r for r in records if r.status == "analysed"]
+        results: list[MatrixReport] = []
+        for i, record in enumerate(todo):
+            if progress is not None:
+                progress(i, len(todo), record.name)
+            tensor = ckpt.load_numpy(record.name) if use_numpy else ckpt.load(record.name)
+            views = extract_matrices(record, tensor)
+            for view in views:
+                results.append(analyse_view(view, ckpt.config, settings, compute_dtype))
+            del tensor, views
+        if progress is not None:
+            progress(len(todo), len(todo), "")
+        files = tuple(ckpt.files)
+        notes = tuple(ckpt.notes)
+        display = ckpt.source
     elapsed = time.perf_counter() - started
     summary = summarize([m.metrics for m in results if m.metrics is not None])
     return WeightsReport(
@@ -154,13 +163,47 @@ def analyze_weights(
         matrices=tuple(results),
         summary=summary,
         settings=settings,
-        provenance=provenance(settings.seed, {"analysis_seconds": round(elapsed, 4)}),
+        provenance=provenance(
+            settings.seed,
+            {"analysis_seconds": round(elapsed, 4), "backend": "numpy" if use_numpy else "torch"},
+        ),
         notes=notes,
     )
 
 
+def _thread_limit(threads: int, use_numpy: bool):
+    """Context manager limiting compute threads: BLAS's via threadpoolctl when installed (otherwise BLAS
+    threads follow ``OMP_NUM_THREADS``), plus torch's when the checkpoint is read with torch."""
+    from contextlib import ExitStack, contextmanager
+
+    @contextmanager
+    def limited():
+        with ExitStack() as stack:
+            try:
+                from threadpoolctl import threadpool_limits
+            except ImportError:
+                pass
+            else:
+                stack.enter_context(threadpool_limits(limits=threads))
+            if use_numpy:
+                yield
+                return
+            import torch
+
+            old = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(old)
+
+    return limited()
+
+
 def compute_dtype_of(settings: WeightsSettings) -> torch.dtype:
     """The torch dtype the spectra are computed in (validated: float64 or float32)."""
+    import torch
+
     if settings.dtype not in ("float64", "float32"):
         raise ValueError(f"dtype must be float64 or float32, got {settings.dtype!r}")
     return torch.float64 if settings.dtype == "float64" else torch.float32
@@ -183,11 +226,18 @@ def plan_inventory(ckpt: Checkpoint, settings: WeightsSettings) -> list[TensorRe
 
 
 def analyse_view(
-    view: MatrixView, config: dict | None, settings: WeightsSettings, compute_dtype: torch.dtype
+    view: MatrixView, config: dict | None, settings: WeightsSettings, compute_dtype: torch.dtype | str
 ) -> MatrixReport:
     """Singular values and metrics of one matrix; NaN/Inf are reported, never raised (``config`` unused: roles
-    come with the view)."""
+    come with the view).
+
+    CPU torch matrices are handed to numpy (zero-copy; bf16/f16 as exact float32) so every checkpoint
+    format gets the same numpy/LAPACK arithmetic and identical numbers; other devices stay in torch."""
     matrix = view.matrix
+    if not isinstance(matrix, np.ndarray) and matrix.device.type == "cpu":
+        from spectra.checkpoint import _torch_to_numpy
+
+        matrix = _torch_to_numpy(matrix.detach())
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     role = view.role
     n_bad = count_nonfinite(matrix)
@@ -230,15 +280,28 @@ def provenance(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]
         "tool_version": own,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
+        "torch": _torch_version(),
         "numpy": np.__version__,
         "scipy": version("scipy"),
         "seed": seed,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch_threads": torch.get_num_threads(),
+        # None when torch was never imported (the safetensors fast path does not need it)
+        "torch_threads": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None,
     }
     info.update(extra or {})
     return info
+
+
+def _torch_version() -> str | None:
+    """torch's version without importing it (package metadata), or None when it is not installed."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
 
 
 CSV_COLUMNS_HEAD = ("name", "tensor_name", "kind", "role", "rows", "cols", "status", "n_nonfinite")

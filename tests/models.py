@@ -204,7 +204,7 @@ def llama_case() -> Case:
 
 # ---------------------------------------------------------------------------- indefinite at init
 def indefinite_case() -> Case:
-    """A tanh MLP regression at a large init whose Hessian has |lambda_min| ~ lambda_max (0.7-1.4x).
+    """A tanh MLP regression at a large init with a strongly indefinite Hessian (|lambda_min| / lambda_max = 0.49).
 
     Power iteration on such a spectrum converges slowly or to the wrong end; Lanczos does not.
     """
