@@ -146,11 +146,11 @@ def hvp_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     ours.matvec(v)  # build and keep the graph once (construction cost is measured end to end)
     short, long = 6, 12
 
-    def lanczos_run(m: int) -> Callable[[], object]:
+    def lanczos_run(m: int, policy: str = "partial") -> Callable[[], object]:
         def run() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                lanczos(ours, 1, which="largest", tol=1e-300, max_steps=m, seed=0)
+                lanczos(ours, 1, which="largest", tol=1e-300, max_steps=m, seed=0, reorthogonalize=policy)
 
         return run
 
@@ -170,6 +170,8 @@ def hvp_costs(model, batch, repeats: int) -> dict[str, list[float]]:
         "ours matvec": lambda: ours.matvec(v),
         f"ours Lanczos {short} steps": lanczos_run(short),
         f"ours Lanczos {long} steps": lanczos_run(long),
+        f"ours Lanczos {short} steps full": lanczos_run(short, "full"),
+        f"ours Lanczos {long} steps full": lanczos_run(long, "full"),
         "PyHessian HVP": pyh_hvp,
         "eigenthings HVP": lambda: et.matvec(v),
         "curvlinops HVP": lambda: cl @ v,
@@ -185,6 +187,11 @@ def hvp_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     a, b = times.pop(f"ours Lanczos {short} steps"), times.pop(f"ours Lanczos {long} steps")
     times["ours Lanczos step (marginal)"] = [(tb - ta) / (long - short) for ta, tb in zip(a, b, strict=True)]
     times[f"ours Lanczos step (whole {long}-step run / {long})"] = [tb / long for tb in b]
+    a, b = times.pop(f"ours Lanczos {short} steps full"), times.pop(f"ours Lanczos {long} steps full")
+    times["ours Lanczos step, full reorth (marginal)"] = [
+        (tb - ta) / (long - short) for ta, tb in zip(a, b, strict=True)
+    ]
+    times[f"ours Lanczos step, full reorth (whole {long}-step run / {long})"] = [tb / long for tb in b]
     model.zero_grad(set_to_none=True)  # PyHessian leaves create_graph gradients in .grad
     return times
 

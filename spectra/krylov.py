@@ -2,10 +2,16 @@
 
 Every scalar the recurrence produces (alpha, beta, their dot products and norms) and the tridiagonal
 eigensolve are float64 whatever the operator dtype; vectors handed to ``matvec`` are in the operator's
-dtype and device. The basis is fully reorthogonalised (classical Gram-Schmidt, repeated when it cancels) and kept in the operator
-dtype (float32 for half-precision operators, whose rounding would wreck orthogonality); the
-reorthogonalisation runs in the basis dtype (float64 or float32), in place in preallocated work vectors,
-so a step costs little more than its matvec.
+dtype and device. The basis is kept in the operator dtype (float32 for half-precision operators, whose
+rounding would wreck orthogonality) and reorthogonalised (classical Gram-Schmidt, repeated when it
+cancels) in the basis dtype, in place in preallocated work vectors. Two policies: ``"full"``
+reorthogonalises every step against the whole basis; ``"partial"`` (Simon 1984, PRO) tracks the omega
+recurrence estimating |q_j^T q_k| in float64 (O(m) scalars per step) and reorthogonalises against the
+whole basis only when the largest estimate exceeds sqrt(eps) of the basis dtype (and at the step after,
+as PRO prescribes). PRO keeps the basis semi-orthogonal (|q_j^T q_k| <= sqrt(eps)), which is enough for
+T_m to be the projection of the operator on an orthonormal basis of the Krylov space to working
+precision (Simon 1984): Ritz values are as accurate as with full reorthogonalisation, without spurious
+copies, and the residual bounds below hold up to O(eps ||A||).
 
 Stopping is by Ritz residuals |beta_m s_{m,i}| (each Ritz value is within its residual of a true
 eigenvalue), not by a fixed step count. Known limit of any single-vector Krylov method: an eigenvalue
@@ -45,6 +51,9 @@ _CHUNK_ELEMENTS = 1 << 24
 _ROWS_PER_CHUNK = 16
 # Reorthogonalise a second time when one pass shrank ||w|| below this fraction (Daniel-Gragg-Kaufman-Stewart).
 _DGKS = 1.0 / math.sqrt(2.0)
+
+Reorth = Literal["full", "partial"]
+_POLICIES = ("full", "partial")
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -119,7 +128,10 @@ class _Chain:
         restart: bool = True,
         generator: torch.Generator | None = None,
         breakdown_rtol: float = 0.0,
+        policy: Reorth = "full",
     ):
+        if policy not in _POLICIES:
+            raise ValueError(f"reorthogonalize must be 'full' or 'partial', got {policy!r}")
         self.dim = dim
         self.op_dtype = op_dtype
         self.device = torch.device(device)
@@ -136,6 +148,18 @@ class _Chain:
         self.anorm = 0.0  # running estimate of ||A|| from the recurrence
         self.exhausted = False
         self.starts = [0]  # index where each Krylov block starts (a new one after each restart)
+        self.policy = policy
+        self.num_reorth = 0  # steps that reorthogonalised against the whole basis
+        # PRO bookkeeping: omega[k] estimates |q_j^T q_k| for the newest q_j (omega[j] = 1), omega_prev
+        # the same for q_{j-1}. The local rounding level is that of the basis or the operator, whichever
+        # is coarser (a float16 operator's rounding exceeds sqrt(eps32): PRO then reorthogonalises always).
+        self._eps_local = max(float(torch.finfo(self.store_dtype).eps), float(torch.finfo(op_dtype).eps))
+        self._omega_limit = math.sqrt(float(torch.finfo(self.store_dtype).eps))
+        self._omega = np.ones(1)
+        self._omega_prev = np.zeros(0)
+        self._force_next = False  # PRO: reorthogonalise the next vector too
+        self.max_omega = 0.0  # largest orthogonality-loss estimate seen (partial policy)
+        self._noise = 0.0  # largest measured local rounding term |q_{j-1}^T w| (partial policy)
         self._keep_all = reorthogonalize
         # the basis lives in fixed-size row chunks allocated as needed: growing never copies (a doubling
         # copy held old + new basis at once: +70% peak memory measured on a 2M-parameter model)
@@ -284,19 +308,39 @@ class _Chain:
         w.add_(q, alpha=-alpha)
         if self.betas and self._n >= 2:
             w.add_(self._q(1), alpha=-self.betas[-1])
-        if self.reorthogonalize:
-            # full reorthogonalisation; a second pass only when the first cancelled a lot (the DGKS
-            # criterion ARPACK uses: ||w|| dropped below 1/sqrt(2) of its value), else one pass is enough
-            before = float(torch.linalg.vector_norm(w))
-            self._project_out(w, self._n)
-            beta = float(torch.linalg.vector_norm(w))
-            if beta < _DGKS * before:
-                self._project_out(w, self._n)
-                beta = float(torch.linalg.vector_norm(w))
-        else:
-            beta = float(torch.linalg.vector_norm(w))
+        beta = float(torch.linalg.vector_norm(w))
         prev = self.betas[-1] if self.betas else 0.0
         self.anorm = max(self.anorm, math.sqrt(alpha * alpha + beta * beta + prev * prev))
+        if self.reorthogonalize:
+            reorth = True
+            if self.policy == "partial":
+                # the operator's own rounding (a float64 model with float32 kernels inside, say) can exceed
+                # eps of its dtype: measure it. q_{j-1}^T w is the local term of the recurrence for k = j-1
+                # (the beta_{j-1} terms cancel), so its size is the rounding level actually present.
+                if self._n >= 2:
+                    self._noise = max(self._noise, abs(float(torch.dot(self._q(1), w))))
+                omega = self._next_omega(alpha, beta)
+                peak = float(np.max(np.abs(omega[:-1]))) if omega.size > 1 else 0.0
+                if math.isfinite(peak):
+                    self.max_omega = max(self.max_omega, peak)
+                reorth = self._force_next or not (peak <= self._omega_limit)
+                # PRO: a reorthogonalised q_{j+1} is followed by a reorthogonalised q_{j+2} (q_j kept its
+                # loss and would pass it on through the three-term recurrence)
+                self._force_next = reorth and not self._force_next
+            if reorth:
+                # against the whole basis; a second pass only when the first cancelled a lot (the DGKS
+                # criterion ARPACK uses: ||w|| dropped below 1/sqrt(2) of its value)
+                before = beta
+                self._project_out(w, self._n)
+                beta = float(torch.linalg.vector_norm(w))
+                if beta < _DGKS * before:
+                    self._project_out(w, self._n)
+                    beta = float(torch.linalg.vector_norm(w))
+                self.num_reorth += 1
+                if self.policy == "partial":
+                    omega = self._reset_omega()
+            if self.policy == "partial":
+                self._omega_prev, self._omega = self._omega, omega
         self.alphas.append(alpha)
         self.max_alpha = max(self.max_alpha, abs(alpha))
         threshold = max(
@@ -325,12 +369,45 @@ class _Chain:
                 return
             self.betas.append(0.0)
             self.starts.append(self.steps)
+            self._omega = self._reset_omega()  # r was projected out of the whole basis twice
+            self._force_next = False
             if not self.done:
                 self._append(r / rn)
             return
         self.betas.append(beta)
         if not self.done:
             self._append(w.div_(beta))
+
+    def _reset_omega(self) -> np.ndarray:
+        """Estimates for a vector just orthogonalised against the whole basis: rounding level, 1 on itself."""
+        omega = np.full(self._n + 1, self._eps_local)
+        omega[-1] = 1.0
+        return omega
+
+    def _next_omega(self, alpha: float, beta: float) -> np.ndarray:
+        """Simon's recurrence for omega_{j+1,k} ~ q_{j+1}^T q_k, k <= j+1, from the rows of q_j, q_{j-1}.
+
+        beta_j w_{j+1,k} = beta_k w_{j,k+1} + (alpha_k - alpha_j) w_{j,k} + beta_{k-1} w_{j,k-1}
+        - beta_{j-1} w_{j-1,k}, plus a rounding term of the sign that increases |w| (Simon's worst case):
+        the larger of eps ||A|| and the measured |q_{j-1}^T w|; w_{j+1,j} is that term / beta_j.
+        """
+        j = self._n - 1
+        a = np.asarray(self.alphas, dtype=np.float64)  # alpha_0..alpha_{j-1}; alpha_j is the argument
+        b = np.asarray(self.betas, dtype=np.float64)  # beta_0..beta_{j-1}
+        om, omp = self._omega, self._omega_prev
+        new = np.empty(j + 2)
+        noise = max(self._eps_local * max(self.anorm, 1e-300), self._noise)
+        if beta <= 0.0 or not math.isfinite(beta):
+            new[:] = np.inf
+        else:
+            if j > 0:
+                t = b[:j] * om[1 : j + 1] + (a[:j] - alpha) * om[:j]
+                t[1:] += b[: j - 1] * om[: j - 1]
+                t -= b[j - 1] * omp[:j]
+                new[:j] = (t + np.where(t >= 0.0, noise, -noise)) / beta
+            new[j] = noise / beta
+        new[j + 1] = 1.0
+        return new
 
     def tridiagonal(self) -> tuple[np.ndarray, np.ndarray]:
         """(alphas, off-diagonal betas) of T_m, float64."""
@@ -364,8 +441,10 @@ class LanczosResult:
     """Extreme Ritz values of a symmetric operator with their residual bounds.
 
     ``top`` is descending, ``bottom`` ascending; ``top_residuals[i]`` bounds |top[i] - lambda| for
-    some true eigenvalue lambda. ``converged`` says whether every requested value met
-    ``residual <= tol * max|theta|``. Sides not requested (``which``) are empty.
+    some true eigenvalue lambda (up to O(eps ||A||); with ``reorthogonalize="partial"`` the basis is
+    semi-orthogonal, which keeps this true, see the module docstring). ``converged`` says whether every
+    requested value met ``residual <= tol * max|theta|``. Sides not requested (``which``) are empty.
+    ``num_reorth`` counts the steps that reorthogonalised against the whole basis (``steps`` when full).
     """
 
     top: tuple[float, ...]
@@ -384,6 +463,8 @@ class LanczosResult:
     seed: int
     dim: int
     exhausted: bool = False
+    reorthogonalize: str = "full"
+    num_reorth: int = 0
     top_vectors: torch.Tensor | None = field(default=None, repr=False)
     bottom_vectors: torch.Tensor | None = field(default=None, repr=False)
 
@@ -417,6 +498,8 @@ class LanczosResult:
                 "tol": self.tol,
                 "steps": self.steps,
                 "num_matvecs": self.num_matvecs,
+                "reorthogonalize": self.reorthogonalize,
+                "num_reorth": self.num_reorth,
                 "alphas": list(self.alphas),
                 "betas": list(self.betas),
                 "ritz_values": list(self.ritz_values),
@@ -553,12 +636,16 @@ def _finish(
         seed=seed,
         dim=chain.dim,
         exhausted=chain.exhausted,
+        reorthogonalize=chain.policy,
+        num_reorth=chain.num_reorth,
         top_vectors=top_vecs,
         bottom_vectors=bot_vecs,
     )
 
 
-def _validate(k: int, which: str, max_steps: int | None) -> None:
+def _validate(k: int, which: str, max_steps: int | None, policy: str = "full") -> None:
+    if policy not in _POLICIES:
+        raise ValueError(f"reorthogonalize must be 'full' or 'partial', got {policy!r}")
     if which not in ("both", "largest", "smallest"):
         raise ValueError(f"which must be 'both', 'largest' or 'smallest', got {which!r}")
     if int(k) < 1:
@@ -576,11 +663,14 @@ def _new_chain(
     v0: torch.Tensor | None,
     max_steps: int | None,
     tol: float,
+    policy: Reorth = "full",
 ) -> _Chain:
     gen = _generator(seed)
     start = random_unit_vector(dim, gen) if v0 is None else v0
     steps = default_max_steps(dim, k) if max_steps is None else min(int(max_steps), dim)
-    return _Chain(dim, dtype, device, start, max_steps=steps, generator=gen, breakdown_rtol=0.5 * tol)
+    return _Chain(
+        dim, dtype, device, start, max_steps=steps, generator=gen, breakdown_rtol=0.5 * tol, policy=policy
+    )
 
 
 def lanczos(
@@ -594,6 +684,7 @@ def lanczos(
     v0: torch.Tensor | None = None,
     return_vectors: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    reorthogonalize: Reorth = "partial",
 ) -> LanczosResult:
     """The ``k`` largest and/or smallest eigenvalues of a symmetric ``op`` by Lanczos.
 
@@ -602,11 +693,14 @@ def lanczos(
     the operator dtype). Stops early on an exhausted Krylov space (then the values are exact). If
     ``max_steps`` (default :func:`default_max_steps`) runs out first, ``converged=False`` and a
     :class:`ConvergenceWarning` is issued. ``progress(step, max_steps)`` is called after each matvec.
-    The start vector is Gaussian from ``seed`` unless ``v0`` is given.
+    The start vector is Gaussian from ``seed`` unless ``v0`` is given. ``reorthogonalize``: ``"partial"``
+    (PRO: whole-basis reorthogonalisation only when the omega estimate of lost orthogonality passes
+    sqrt(eps); same Ritz values to working precision, far fewer passes over the basis) or ``"full"``
+    (every step).
     """
-    _validate(k, which, max_steps)
+    _validate(k, which, max_steps, reorthogonalize)
     tol = default_tol(op.dtype) if tol is None else float(tol)
-    chain = _new_chain(int(op.dim), op.dtype, op.device, int(k), seed, v0, max_steps, tol)
+    chain = _new_chain(int(op.dim), op.dtype, op.device, int(k), seed, v0, max_steps, tol, reorthogonalize)
     tracker = _Tracker(chain, int(k), which, tol)
     while not chain.done:
         chain.push(op.matvec(chain.vector()))
@@ -623,7 +717,7 @@ def lanczos_tridiagonal(
     steps: int,
     *,
     v0: torch.Tensor,
-    reorthogonalize: bool = True,
+    reorthogonalize: bool | Reorth = True,
     return_basis: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
     """``steps`` Lanczos steps from ``v0``: float64 diagonal ``alphas`` (m,) and off-diagonal
@@ -631,7 +725,12 @@ def lanczos_tridiagonal(
 
     Stops early (m < steps) when the Krylov space of ``v0`` is invariant; T_m is then exact for it.
     No restart: this is the routine stochastic Lanczos quadrature uses for one probe.
+    ``reorthogonalize``: True or ``"full"`` (every step), ``"partial"`` (PRO, see :func:`lanczos`), False.
     """
+    if isinstance(reorthogonalize, str):
+        _validate(1, "both", None, reorthogonalize)
+    policy: Reorth = "partial" if reorthogonalize == "partial" else "full"
+    reorthogonalize = bool(reorthogonalize)
     if return_basis and not reorthogonalize:
         raise ValueError("return_basis needs reorthogonalize=True (the basis is not kept otherwise)")
     chain = _Chain(
@@ -642,6 +741,7 @@ def lanczos_tridiagonal(
         max_steps=min(int(steps), int(op.dim)),
         reorthogonalize=reorthogonalize,
         restart=False,
+        policy=policy,
     )
     while not chain.done:
         chain.push(op.matvec(chain.vector()))
@@ -670,17 +770,29 @@ def lanczos_lockstep(
     return_vectors: bool = False,
     progress: Callable[[int, int], None] | None = None,
     indices: Sequence[int] | None = None,
+    reorthogonalize: Reorth = "partial",
 ) -> list[LanczosResult]:
     """``lanczos`` on every block of ``mop`` at once: one ``matvec_many`` per step advances all chains
     still running (finished ones pass ``None``). Block ``b`` starts from seed ``block_seed(seed, b)``,
     so its result equals ``lanczos(block_b, seed=block_seed(seed, b))`` exactly. ``indices[b]``
     replaces ``b`` in the seed (a subset of a larger block list then draws that list's vectors).
+    ``reorthogonalize`` as in :func:`lanczos`.
     """
-    _validate(k, which, max_steps)
+    _validate(k, which, max_steps, reorthogonalize)
     tol = default_tol(mop.dtype) if tol is None else float(tol)
     ids = _block_ids(indices, len(mop.dims))
     chains = [
-        _new_chain(int(d), mop.dtype, mop.device, int(k), block_seed(seed, ids[b]), None, max_steps, tol)
+        _new_chain(
+            int(d),
+            mop.dtype,
+            mop.device,
+            int(k),
+            block_seed(seed, ids[b]),
+            None,
+            max_steps,
+            tol,
+            reorthogonalize,
+        )
         for b, d in enumerate(mop.dims)
     ]
     trackers = [_Tracker(c, int(k), which, tol) for c in chains]

@@ -205,3 +205,100 @@ def test_bad_arguments():
     bad = DenseOperator(torch.full((3, 3), float("nan"), dtype=torch.float64))
     with pytest.raises(FloatingPointError):
         lanczos(bad, 1)
+
+
+# ---------------------------------------------------------------- partial reorthogonalisation (PRO)
+@pytest.mark.parametrize("name", sorted(SPECTRA))
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_partial_matches_full_with_far_fewer_reorthogonalisations(name, dtype, rtol):
+    a = planted(SPECTRA[name], seed=1, dtype=dtype)
+    ev = exact(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        full = lanczos(DenseOperator(a), 5, reorthogonalize="full")
+        part = lanczos(DenseOperator(a), 5, reorthogonalize="partial")
+    assert full.converged and part.converged
+    np.testing.assert_allclose(part.top, full.top, rtol=rtol, atol=0)
+    np.testing.assert_allclose(part.bottom, full.bottom, rtol=rtol, atol=0)
+    # and both against the exact spectrum (the residual bound stays honest with a semi-orthogonal basis)
+    np.testing.assert_allclose(part.top, ev[::-1][:5], rtol=10 * rtol, atol=0)
+    np.testing.assert_allclose(part.bottom, ev[:5], rtol=10 * rtol, atol=0)
+    for theta, r in zip(part.top + part.bottom, part.top_residuals + part.bottom_residuals, strict=True):
+        slack = (1e-13 if dtype == torch.float64 else 1e-6) * np.abs(ev).max()  # O(eps ||A||), as documented
+        assert np.min(np.abs(ev - theta)) <= r + slack
+    assert full.num_reorth == full.steps and full.reorthogonalize == "full"
+    assert part.reorthogonalize == "partial" and 0 < part.num_reorth <= 0.6 * part.steps
+    d = part.to_dict()
+    assert d["num_reorth"] == part.num_reorth and d["reorthogonalize"] == "partial"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_partial_keeps_the_basis_semi_orthogonal(dtype):
+    # long fixed-length runs (many converged Ritz pairs: where plain Lanczos loses orthogonality fast)
+    eps = torch.finfo(dtype).eps
+    for name in ("spread", "mlp_like", "clustered"):
+        a = planted(SPECTRA[name], seed=4, dtype=dtype)
+        v0 = torch.randn(a.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        op = DenseOperator(a)
+        al, be, q = lanczos_tridiagonal(op, 150, v0=v0, reorthogonalize="partial", return_basis=True)
+        q = q.to(torch.float64)
+        loss = float((q @ q.T - torch.eye(q.shape[0], dtype=torch.float64)).abs().max())
+        assert loss < eps**0.5, (name, loss)
+        # Ritz values of the partial run equal those of the fully reorthogonalised one at the extremes
+        t_part = np.linalg.eigvalsh(np.diag(al) + np.diag(be, 1) + np.diag(be, -1))
+        alf, bef, _ = lanczos_tridiagonal(op, 150, v0=v0, reorthogonalize="full")
+        t_full = np.linalg.eigvalsh(np.diag(alf) + np.diag(bef, 1) + np.diag(bef, -1))
+        scale = np.abs(t_full).max()
+        tol = 1e-10 if dtype == torch.float64 else 1e-5
+        np.testing.assert_allclose(t_part[-5:], t_full[-5:], atol=tol * scale)
+        np.testing.assert_allclose(t_part[:5], t_full[:5], atol=tol * scale)
+
+
+def test_plain_lanczos_loses_orthogonality_where_partial_does_not():
+    # the counterfactual the previous test relies on: without reorthogonalisation |Q^T Q - I| is O(1)
+    a = planted(SPECTRA["spread"], seed=4)
+    v0 = torch.randn(a.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    chain_q = lanczos_tridiagonal(DenseOperator(a), 150, v0=v0, reorthogonalize="partial", return_basis=True)[
+        2
+    ]
+    assert float((chain_q @ chain_q.T - torch.eye(chain_q.shape[0], dtype=torch.float64)).abs().max()) < 1e-7
+    al, be, _ = lanczos_tridiagonal(DenseOperator(a), 150, v0=v0, reorthogonalize=False)
+    t = np.linalg.eigvalsh(np.diag(al) + np.diag(be, 1) + np.diag(be, -1))
+    assert np.sum(np.abs(t - 50.0) < 1e-8) >= 2  # ghost copies of lambda_max = 50: orthogonality was lost
+
+
+def test_reorthogonalize_policy_is_validated_and_lockstep_accepts_it():
+    op = DenseOperator(torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        lanczos(op, 1, reorthogonalize="sometimes")
+    mats = [planted(SPECTRA["spread"][-150:], seed=1), planted([2.0, 1, -1], seed=3)]
+    for pol in ("full", "partial"):
+        res = lanczos_lockstep(DenseBlockOperator(mats), 3, seed=5, reorthogonalize=pol)
+        for b, m in enumerate(mats):
+            ref = lanczos(DenseOperator(m), 3, seed=block_seed(5, b), reorthogonalize=pol)
+            assert res[b].alphas == ref.alphas and res[b].num_reorth == ref.num_reorth
+            np.testing.assert_allclose(res[b].top, exact(m)[::-1][:3], rtol=1e-10)
+
+
+class _Float32Inside(DenseOperator):
+    """A float64 operator whose matvec runs in float32 (like a float64 model with float32 kernels)."""
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self._count += 1
+        return (self.matrix.to(torch.float32) @ v.to(torch.float32)).to(torch.float64)
+
+
+def test_partial_measures_operator_rounding_coarser_than_its_dtype():
+    # eps64-level bookkeeping alone would miss float32 rounding and let orthogonality go; the measured
+    # local term keeps the basis semi-orthogonal at float64's sqrt(eps)
+    a = planted(SPECTRA["spread"], seed=4)
+    op = _Float32Inside(a)
+    v0 = torch.randn(a.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    q = lanczos_tridiagonal(op, 120, v0=v0, reorthogonalize="partial", return_basis=True)[2]
+    assert float((q @ q.T - torch.eye(q.shape[0], dtype=torch.float64)).abs().max()) < 1.5e-8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        full = lanczos(op, 5, tol=1e-6, reorthogonalize="full")
+        part = lanczos(op, 5, tol=1e-6, reorthogonalize="partial")
+    np.testing.assert_allclose(part.top, full.top, rtol=1e-6)
+    np.testing.assert_allclose(part.bottom, full.bottom, rtol=1e-6)
