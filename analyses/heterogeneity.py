@@ -18,12 +18,22 @@ The JS value depends on how densities are built, so every number is tagged with 
   |eigenvalue| over all blocks (eigenvalues below tau sit near 0, negatives mirrored); sigma = 1% of the
   span. Scales and shapes both count; blocks at different orders of magnitude are told apart.
 
+* ``paper``: the "Why Transformers Need Adam" density convention (zyushun/hessian-spectrum): ABSOLUTE
+  Gaussian kernel, sigma^2 = 1e-5 (sigma = 0.00316, in eigenvalue units, whatever the blocks' scales),
+  linear grid of 50,000 points padded by 1.0 (absolute) on each side; here one common grid for all blocks
+  (the paper's grid is per block; JS needs a common one), negative eigenvalues kept in place. Each grid
+  point gets the kernel mass of its bin (edges at the midpoints, outer bins open), integrated
+  analytically with the normal CDF, so densities sum to one whatever the grid step; when the step exceeds
+  sigma / 2 (a wide eigenvalue range) the grid is refined to step sigma / 2, up to ``max_grid_points``,
+  beyond which the bins (not the kernel) set the resolution and a warning says so.
+
 JS distance = sqrt(JS divergence) with log base 2, so it lies in [0, 1] (0 identical, 1 disjoint).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +48,7 @@ __all__ = [
     "SCALES_KEPT",
     "SHAPE_ONLY",
     "SCALES_KEPT_LOG",
+    "PAPER",
     "DEFAULT_CONVENTIONS",
     "HeterogeneityReport",
     "block_group",
@@ -175,15 +186,32 @@ def block_group(name: str) -> str:
 
 @dataclass(frozen=True)
 class JSConvention:
-    """How block densities are built before the JS distance is taken (see the module docstring)."""
+    """How block densities are built before the JS distance is taken (see the module docstring).
+
+    The kernel width is either relative (``sigma_fraction`` of the grid span) or absolute (``sigma_abs``,
+    a standard deviation in the units of the axis); exactly one is set. ``padding_abs``, when set, pads the
+    pooled range by that amount on each side instead of the relative ``padding``.
+    """
 
     name: str
     scale: Literal["common", "own"]
     axis: Literal["linear", "symlog"]
-    sigma_fraction: float = 0.01
+    sigma_fraction: float | None = 0.01
     grid_points: int = 2048
     padding: float = 0.05
     log_floor: float = 1e-6
+    sigma_abs: float | None = None
+    padding_abs: float | None = None
+    max_grid_points: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if (self.sigma_fraction is None) == (self.sigma_abs is None):
+            raise ValueError(f"convention {self.name!r}: set exactly one of sigma_fraction and sigma_abs")
+        sigma = self.sigma_abs if self.sigma_abs is not None else self.sigma_fraction
+        if not sigma > 0 or self.grid_points < 2 or self.max_grid_points < self.grid_points:
+            raise ValueError(
+                f"convention {self.name!r}: sigma must be > 0 and 2 <= grid_points <= max_grid_points"
+            )
 
     def describe(self) -> str:
         """One sentence naming the grid, kernel width, axis and the handling of negative eigenvalues."""
@@ -199,16 +227,28 @@ class JSConvention:
                 f"symlog axis x = sign(t) log10(1 + |t|/tau), tau = {self.log_floor:g} x the largest |eigenvalue|"
                 " (negative eigenvalues mirrored, |t| < tau near 0)"
             )
+        pad = (
+            f"{self.padding_abs:g} (absolute)" if self.padding_abs is not None else f"{100 * self.padding:g}%"
+        )
+        if self.sigma_abs is None:
+            return (
+                f"{scale}; {axis}; {self.grid_points}-point grid over the pooled range padded by {pad}; "
+                f"Gaussian kernel sigma = {100 * self.sigma_fraction:g}% of the grid span; "
+                "JS distance = sqrt(JS divergence), log base 2, in [0, 1]"
+            )
         return (
-            f"{scale}; {axis}; {self.grid_points}-point grid over the pooled range padded by "
-            f"{100 * self.padding:g}%; Gaussian kernel sigma = {100 * self.sigma_fraction:g}% of the grid span; "
+            f"{scale}; {axis}; {self.grid_points}-point grid over the pooled range padded by {pad} on each side, "
+            f"refined to step sigma/2 when coarser (at most {self.max_grid_points} points); absolute Gaussian "
+            f"kernel sigma = {self.sigma_abs:.4g} (sigma^2 = {self.sigma_abs**2:.3g}), each grid point's bin "
+            "mass integrated exactly with the normal CDF so densities sum to one; "
             "JS distance = sqrt(JS divergence), log base 2, in [0, 1]"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "scale": self.scale, "axis": self.axis, "sigma_fraction": self.sigma_fraction,
-            "grid_points": self.grid_points, "padding": self.padding, "log_floor": self.log_floor,
+            "sigma_abs": self.sigma_abs, "grid_points": self.grid_points, "padding": self.padding,
+            "padding_abs": self.padding_abs, "max_grid_points": self.max_grid_points, "log_floor": self.log_floor,
             "description": self.describe(),
         }  # fmt: skip
 
@@ -216,6 +256,11 @@ class JSConvention:
 SCALES_KEPT = JSConvention("scales-kept", scale="common", axis="linear")
 SHAPE_ONLY = JSConvention("shape-only", scale="own", axis="linear")
 SCALES_KEPT_LOG = JSConvention("scales-kept-log", scale="common", axis="symlog")
+#: The "Why Transformers Need Adam" convention: absolute sigma^2 = 1e-5, 50,000 points, +-1 padding.
+PAPER = JSConvention(
+    "paper", scale="common", axis="linear", sigma_fraction=None, sigma_abs=math.sqrt(1e-5), grid_points=50_000,
+    padding_abs=1.0,
+)  # fmt: skip
 DEFAULT_CONVENTIONS: tuple[JSConvention, ...] = (SCALES_KEPT, SHAPE_ONLY, SCALES_KEPT_LOG)
 
 
@@ -247,14 +292,66 @@ def block_densities(
     hi = max(float(x.max()) for x in xs)
     if convention.scale == "own" and convention.axis == "linear":
         lo, hi = min(lo, -1.0), max(hi, 1.0)
-    span = hi - lo if hi > lo else max(abs(hi), 1.0)
-    lo, hi = lo - convention.padding * span, hi + convention.padding * span
-    grid = np.linspace(lo, hi, convention.grid_points)
-    sigma = convention.sigma_fraction * (hi - lo)
+    if convention.padding_abs is not None:
+        lo, hi = lo - convention.padding_abs, hi + convention.padding_abs
+    else:
+        span = hi - lo if hi > lo else max(abs(hi), 1.0)
+        lo, hi = lo - convention.padding * span, hi + convention.padding * span
+    if convention.sigma_abs is None:
+        grid = np.linspace(lo, hi, convention.grid_points)
+        sigma = convention.sigma_fraction * (hi - lo)
+        dens = np.empty((len(xs), grid.size))
+        for b, (x, s) in enumerate(zip(xs, spectra, strict=True)):
+            dens[b] = _smooth(grid, x, s.weights, sigma)
+        return grid, dens
+    sigma = convention.sigma_abs
+    n = _absolute_grid_points(hi - lo, sigma, convention)
+    grid = np.linspace(lo, hi, n)
     dens = np.empty((len(xs), grid.size))
     for b, (x, s) in enumerate(zip(xs, spectra, strict=True)):
-        dens[b] = _smooth(grid, x, s.weights, sigma)
+        dens[b] = _bin_masses(grid, x, s.weights, sigma)
     return grid, dens
+
+
+def _absolute_grid_points(span: float, sigma: float, conv: JSConvention) -> int:
+    """Grid size for an absolute kernel: ``grid_points``, raised so the step is <= sigma / 2 (capped at
+    ``max_grid_points``, with a warning that the bins then set the resolution)."""
+    needed = int(math.ceil(span / (0.5 * sigma))) + 1
+    if needed <= conv.grid_points:
+        return conv.grid_points
+    if needed > conv.max_grid_points:
+        step = span / (conv.max_grid_points - 1)
+        warnings.warn(
+            f"convention {conv.name!r}: the pooled eigenvalue range {span:.4g} needs {needed} grid points for "
+            f"step sigma/2; capped at {conv.max_grid_points} (step {step:.3g} = {step / sigma:.2g} sigma): "
+            "the bin width, not the kernel, sets the resolution",
+            stacklevel=3,
+        )
+        return conv.max_grid_points
+    return needed
+
+
+def _bin_masses(grid: np.ndarray, x: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
+    """Mass of the weighted Gaussian mixture in each grid point's bin (edges at midpoints, outer bins open
+    to +-inf), from the normal CDF: exact for any grid step, so the vector sums to one."""
+    from scipy.special import ndtr
+
+    n = grid.size
+    step = (grid[-1] - grid[0]) / (n - 1)
+    edges = np.concatenate([[-np.inf], 0.5 * (grid[:-1] + grid[1:]), [np.inf]])
+    half = int(math.ceil(9.0 * sigma / step)) + 1  # Gaussian mass beyond 9 sigma is < 1e-18
+    width = min(2 * half + 1, n)
+    centre = np.clip(np.rint((x - grid[0]) / step).astype(np.int64), 0, n - 1)
+    start = np.clip(centre - half, 0, n - width)
+    out = np.zeros(n)
+    chunk = max(1, 4_000_000 // width)
+    for i in range(0, x.size, chunk):
+        idx = start[i : i + chunk, None] + np.arange(width)
+        xi = x[i : i + chunk, None]
+        mass = ndtr((edges[idx + 1] - xi) / sigma) - ndtr((edges[idx] - xi) / sigma)
+        out += np.bincount(idx.ravel(), (w[i : i + chunk, None] * mass).ravel(), minlength=n)
+    total = out.sum()
+    return out / total if total > 0 else np.full(n, 1.0 / n)
 
 
 def _smooth(grid: np.ndarray, x: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:

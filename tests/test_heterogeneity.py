@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -116,3 +118,48 @@ def test_small_blocks_left_out_of_js_but_kept_in_spread():
     r = analyze_heterogeneity(spectra)
     assert r.extra["excluded_from_js"] == ["tiny.bias"] and r.js["scales-kept"].shape == (2, 2)
     assert r.scale_spread["lambda_max"]["max_block"] == "tiny.bias"
+
+
+def test_paper_convention_absolute_kernel_integrates_to_one_and_keeps_small_blocks_apart():
+    """The 'paper' convention (absolute sigma^2 = 1e-5): bin masses match the point-sampled Gaussian density
+    times the grid step when the grid resolves the kernel; on a wide range the grid is refined (50,000
+    points would give step ~9 sigma, where point samples of a spike lose or double mass); blocks at
+    1e-3 and 1e-2 stay apart next to a block at 1e2, where the relative-kernel scales-kept merges them."""
+    import math
+
+    from analyses.heterogeneity import PAPER, SCALES_KEPT_LOG
+
+    rng = np.random.default_rng(4)
+    narrow = [
+        BlockSpectrum.exact("a", rng.uniform(0.1, 0.5, 40)),
+        BlockSpectrum.exact("b", rng.uniform(-0.2, 0.3, 40)),
+    ]
+    grid, dens = block_densities(narrow, PAPER)
+    assert grid.size == 50_000 and np.allclose(dens.sum(1), 1.0)
+    lo, hi = min(b.lambda_min for b in narrow), max(b.lambda_max for b in narrow)
+    assert grid[0] == pytest.approx(lo - 1.0, abs=1e-12) and grid[-1] == pytest.approx(hi + 1.0, abs=1e-12)
+    step, s = grid[1] - grid[0], math.sqrt(1e-5)
+    assert step < s / 10
+    for d, b in zip(dens, narrow, strict=True):
+        z = (grid[None, :] - b.nodes[:, None]) / s
+        point = b.weights @ np.exp(-0.5 * z * z) / (s * math.sqrt(2 * math.pi)) * step
+        assert point.sum() == pytest.approx(1.0, abs=1e-6)
+        assert np.abs(point - d).max() <= 1e-3 * d.max()
+
+    small = [BlockSpectrum.exact("s1", rng.uniform(1e-3, 2e-3, 40)), BlockSpectrum.exact("s2", rng.uniform(1e-2, 2e-2, 40)),
+             BlockSpectrum.exact("big", rng.uniform(100, 200, 40))]  # fmt: skip
+    grid, dens = block_densities(small, PAPER)
+    assert grid.size > 50_000 and grid[1] - grid[0] <= s / 2 and np.allclose(dens.sum(1), 1.0)
+    assert js_matrix(dens)[0, 1] > 0.9
+    assert js_matrix(block_densities(small, SCALES_KEPT)[1])[0, 1] < 0.05
+    assert "sigma^2 = 1e-05" in PAPER.describe() and "absolute" in PAPER.describe()
+    d = PAPER.to_dict()
+    assert d["sigma_fraction"] is None and d["sigma_abs"] == pytest.approx(s) and d["grid_points"] == 50_000
+    # past max_grid_points the bins set the resolution: warned, masses still exact
+    capped = dataclasses.replace(PAPER, max_grid_points=50_000)
+    with pytest.warns(UserWarning, match="bin width"):
+        grid, dens = block_densities(small, capped)
+    assert grid.size == 50_000 and np.allclose(dens.sum(1), 1.0)
+    with pytest.raises(ValueError):
+        dataclasses.replace(PAPER, sigma_fraction=0.01)
+    assert SCALES_KEPT_LOG.sigma_abs is None
