@@ -88,7 +88,7 @@ def _as_2d(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.detach()
 
 
-#: Bytes of one up-cast slab in :func:`_gram`; bounds the working memory above the stored matrix.
+#: Bytes of one up-cast slab in :func:`_gram_slabs`; bounds the working memory above the stored matrix.
 GRAM_CHUNK_BYTES = 16 * 2**20
 
 
@@ -100,19 +100,31 @@ def _np_dtype(dtype: Any) -> np.dtype:
     return np.dtype(name)
 
 
-def _gram_np(w: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """:func:`_gram` for numpy arrays: same slab accumulation, numpy (BLAS) products."""
+def _gram_slabs(w: Any, itemsize: int, cast: Any, zeros: Any) -> Any:
+    """The smaller Gram matrix of a 2-D array (numpy or torch), accumulated over slabs of the long side.
+
+    ``cast`` up-casts one slab and ``zeros(n)`` makes the n x n accumulator. Casting slab by slab means
+    a float32 embedding of 30k x 384 never exists as a whole float64 copy: peak memory is the stored
+    matrix plus one slab plus the small Gram matrix.
+    """
     tall = w.shape[0] >= w.shape[1]
     long_side, short_side = (w.shape[0], w.shape[1]) if tall else (w.shape[1], w.shape[0])
-    step = max(1, GRAM_CHUNK_BYTES // max(1, short_side * dtype.itemsize))
+    step = max(1, GRAM_CHUNK_BYTES // max(1, short_side * itemsize))
     if step >= long_side:
-        c = w.astype(dtype, copy=False)
+        c = cast(w)
         return c.T @ c if tall else c @ c.T
-    g = np.zeros((short_side, short_side), dtype=dtype)
+    g = zeros(short_side)
     for i in range(0, long_side, step):
-        c = (w[i : i + step] if tall else w[:, i : i + step]).astype(dtype, copy=False)
+        c = cast(w[i : i + step] if tall else w[:, i : i + step])
         g += c.T @ c if tall else c @ c.T
     return g
+
+
+def _gram_np(w: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """:func:`_gram_slabs` for numpy arrays (numpy/BLAS products)."""
+    return _gram_slabs(
+        w, dtype.itemsize, lambda c: c.astype(dtype, copy=False), lambda n: np.zeros((n, n), dtype)
+    )
 
 
 def _singular_values_np(w: np.ndarray, dtype: Any, method: str, min_rcond: float) -> np.ndarray:
@@ -134,25 +146,13 @@ def _singular_values_np(w: np.ndarray, dtype: Any, method: str, min_rcond: float
 
 
 def _gram(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The smaller Gram matrix of a 2-D ``w`` in ``dtype``, accumulated over slabs of the long side.
-
-    Casting slab by slab means a float32 embedding of 30k x 384 never exists as a whole float64 copy:
-    peak memory is the stored matrix plus one slab plus the small Gram matrix.
-    """
+    """:func:`_gram_slabs` for a 2-D torch tensor (on its own device)."""
     import torch
 
-    tall = w.shape[0] >= w.shape[1]
-    long_side, short_side = (w.shape[0], w.shape[1]) if tall else (w.shape[1], w.shape[0])
     itemsize = torch.empty((), dtype=dtype).element_size()
-    step = max(1, GRAM_CHUNK_BYTES // max(1, short_side * itemsize))
-    if step >= long_side:
-        c = w.to(dtype)
-        return c.mT @ c if tall else c @ c.mT
-    g = torch.zeros(short_side, short_side, dtype=dtype, device=w.device)
-    for i in range(0, long_side, step):
-        c = (w[i : i + step] if tall else w[:, i : i + step]).to(dtype)
-        g += c.mT @ c if tall else c @ c.mT
-    return g
+    return _gram_slabs(
+        w, itemsize, lambda c: c.to(dtype), lambda n: torch.zeros(n, n, dtype=dtype, device=w.device)
+    )
 
 
 def _gram_sv(w: torch.Tensor) -> torch.Tensor:
