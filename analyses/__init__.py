@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "block_views": "analyses.partition",
     "adam_mini_config": "analyses.partition",
     "make_adam_mini": "analyses.partition",
+    "adam_mini_blocks": "analyses.blockings",
     # PC layer and spectral clipping
     "apply_pc": "analyses.pc_layer",
     "predicted_singular_values": "analyses.pc_layer",

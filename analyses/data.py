@@ -6,6 +6,12 @@ A factory is any importable callable taking no arguments and returning either a 
 ``(model, loss, batches)``. ``module`` may be a dotted module name or a path to a ``.py`` file.
 Checkpoint weights (``.safetensors`` or a ``weights_only`` torch state dict) can be loaded into the
 returned model with :func:`load_weights`.
+
+Placement (:func:`place_model`, :func:`load_hf_workload`): ``device`` puts a model on one device; a HF
+directory can instead be spread over every visible GPU with ``device_map="auto"`` (needs ``accelerate``),
+loaded shard by shard straight onto its devices, in the checkpoint's own dtype (``config.dtype``) unless
+a dtype is asked for. Parameters offloaded to CPU/disk by a device map are refused (HVPs need them
+resident). Batches stay on the CPU here; the curvature operators move them to the input device.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from torch import nn
 
 from spectra.errors import InputError
 
-__all__ = ["Workload", "load_factory", "load_weights"]
+__all__ = ["Workload", "load_factory", "load_weights", "place_model", "model_placement", "DEVICE_MAPS"]
+
+#: ``--device-map`` values: ``"auto"`` spreads a HF model over the visible GPUs (accelerate's planner).
+DEVICE_MAPS = ("auto",)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +42,7 @@ class Workload:
     loss: Any
     batches: list[Any]
     source: str
+    placement: dict[str, Any] | None = None
 
 
 def _import(module: str):
@@ -52,8 +62,9 @@ def _import(module: str):
         raise InputError(module, f"cannot import module ({err})") from err
 
 
-def load_factory(spec: str, weights: str | Path | None = None) -> Workload:
-    """Call the ``module:function`` factory and check what it returns (see the module docstring)."""
+def load_factory(spec: str, weights: str | Path | None = None, *, device: str | None = None) -> Workload:
+    """Call the ``module:function`` factory and check what it returns (see the module docstring); then
+    load ``weights`` into the model and move it to ``device`` (see :func:`place_model`)."""
     if ":" not in spec:
         raise InputError("--model-factory", f"expected module:function, got {spec!r}")
     module, _, name = spec.rpartition(":")
@@ -75,7 +86,37 @@ def load_factory(spec: str, weights: str | Path | None = None) -> Workload:
         raise InputError("--model-factory", "factory returned no batches")
     if weights is not None:
         load_weights(model, weights)
-    return Workload(model=model, loss=loss, batches=list(batches), source=spec)
+    if device is not None:
+        place_model(model, device)
+    return Workload(
+        model=model, loss=loss, batches=list(batches), source=spec, placement=model_placement(model)
+    )
+
+
+def place_model(model: nn.Module, device: str) -> nn.Module:
+    """Move ``model`` to ``device`` in place, unless it is already spread over several devices (a device
+    map someone chose on purpose: it is left as it is). Returns the model."""
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    if len(devices) <= 1:
+        model.to(device)
+    return model
+
+
+def model_placement(model: nn.Module) -> dict[str, Any]:
+    """Where the model lives, for the report: device(s) with their parameter counts, dtype(s), device map."""
+    by_device: dict[str, int] = {}
+    dtypes: set[str] = set()
+    for p in model.parameters():
+        by_device[str(p.device)] = by_device.get(str(p.device), 0) + p.numel()
+        dtypes.add(str(p.dtype).removeprefix("torch."))
+    hf_map = getattr(model, "hf_device_map", None)
+    return {
+        "parameters_by_device": by_device,
+        "dtypes": sorted(dtypes),
+        "device_map": None
+        if not isinstance(hf_map, Mapping)
+        else {str(k): str(v) for k, v in hf_map.items()},
+    }
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -183,6 +224,10 @@ def load_hf_workload(
     seq_len: int = 128,
     max_batches: int = 4,
     seed: int = 0,
+    device: str | None = None,
+    device_map: str | None = None,
+    dtype: str | None = None,
+    max_memory: Mapping[Any, Any] | None = None,
 ) -> Workload:
     """A Hugging Face model directory plus a text/JSONL file tokenised by the checkpoint's own tokenizer.
 
@@ -191,6 +236,15 @@ def load_hf_workload(
     with the tokenizer's mask token, seeded), ``sequence-classification`` (JSONL ``label`` per record).
     A checkpoint without the matching head (e.g. a bare encoder such as MiniLM's BertModel) is refused:
     its loss would need a head the checkpoint does not have.
+
+    Placement: weights load in ``dtype`` (``"float32"``/``"float64"``/``"bfloat16"``; None: the dtype in the
+    config, i.e. transformers' ``dtype="auto"``), shard by shard. ``device_map="auto"`` spreads the model
+    over the visible GPUs (accelerate's planner; ``device`` is then not used; on a machine without a GPU
+    everything lands on the CPU); otherwise ``device`` (None: CPU) holds it all, loaded straight onto it
+    when accelerate is installed, else loaded on the CPU and moved. A map that offloads part of the model
+    to CPU RAM or disk is refused (offloaded weights are swapped in by hooks, out of reach of the
+    HVP's differentiated copies). ``max_memory`` (with the map; e.g. ``{0: "60GiB", 1: "70GiB"}``) caps
+    what the planner puts on each device, to leave room for activations and the Lanczos vectors.
     """
     import torch
 
@@ -235,13 +289,28 @@ def load_hf_workload(
         raise InputError(
             model_dir, f"the checkpoint ({', '.join(archs)}) has no {task} head; its loss is undefined"
         )
+    kwargs = _placement_kwargs(transformers, device=device, device_map=device_map, dtype=dtype)
+    if max_memory is not None:
+        if device_map is None:
+            raise InputError(None, "max_memory is for a device map (device_map='auto')")
+        kwargs["max_memory"] = dict(max_memory)
     try:
         with _quiet_transformers(transformers):
-            model = auto.from_pretrained(model_dir, attn_implementation="eager")
+            model = auto.from_pretrained(model_dir, attn_implementation="eager", **kwargs)
     except Exception as err:
         raise InputError(
             model_dir, f"cannot load the model for {task} ({type(err).__name__}: {err})"
         ) from None
+    hf_map = getattr(model, "hf_device_map", None) or {}
+    spilled = sorted({str(v) for v in hf_map.values() if str(v) in ("cpu", "disk")})
+    if any(p.device.type == "meta" for p in model.parameters()) or (spilled and _has_gpu_entries(hf_map)):
+        raise InputError(
+            "--device-map" if device_map is not None else "--device",
+            f"the model does not fit: the device map offloads part of it ({', '.join(spilled) or 'meta device'}); "
+            "HVPs need every parameter resident on a device (more GPUs or memory, a smaller --dtype, or --device cpu)",
+        )
+    if device is not None and "device_map" not in kwargs:
+        model.to(device)
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
@@ -291,5 +360,51 @@ def load_hf_workload(
             data, f"no tokens to train on after tokenizing with {model_dir}'s tokenizer ({task})"
         )
     return Workload(
-        model=model, loss=None, batches=batches, source=f"{model_dir} ({task}) on {Path(data).name}"
+        model=model, loss=None, batches=batches, source=f"{model_dir} ({task}) on {Path(data).name}",
+        placement=model_placement(model),
+    )  # fmt: skip
+
+
+#: ``--dtype`` names accepted when loading a HF model (None: the config's own dtype).
+LOAD_DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def _has_accelerate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def _has_gpu_entries(hf_map: Mapping[str, Any]) -> bool:
+    """True when a device map puts something on a GPU (an int index or a ``cuda`` device)."""
+    return any(isinstance(v, int) or str(v).startswith("cuda") for v in hf_map.values())
+
+
+def _placement_kwargs(
+    transformers: Any, *, device: str | None, device_map: str | None, dtype: str | None
+) -> dict:
+    """``from_pretrained`` keyword arguments for a dtype and a placement (transformers 4.x and 5.x).
+
+    transformers >= 5 always initialises on the meta device and loads shard by shard (``low_cpu_mem_usage``
+    is gone); 4.x is asked for it. The dtype keyword is ``dtype`` from 4.56 on, ``torch_dtype`` before.
+    """
+    import torch
+
+    if dtype is not None and dtype not in LOAD_DTYPES:
+        raise InputError("--dtype", f"must be one of {', '.join(LOAD_DTYPES)}, got {dtype!r}")
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise InputError("--device-map", f"unknown device map {device_map!r}: use {' or '.join(DEVICE_MAPS)}")
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    kwargs: dict[str, Any] = {}
+    kwargs["dtype" if (major, minor) >= (4, 56) else "torch_dtype"] = (
+        "auto" if dtype is None else getattr(torch, dtype)
     )
+    if major < 5:
+        kwargs["low_cpu_mem_usage"] = True
+    if device_map is not None:
+        if not _has_accelerate():
+            raise InputError("--device-map", "needs the 'accelerate' package (pip install accelerate)")
+        kwargs["device_map"] = device_map
+    elif device is not None and device != "cpu" and _has_accelerate():
+        kwargs["device_map"] = {"": device}  # straight onto the GPU, one shard at a time
+    return kwargs

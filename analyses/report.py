@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analyses.heterogeneity import DRIVERS_CONVENTION
 from spectra.io import json_safe
 
 __all__ = [
@@ -50,6 +51,8 @@ class AnalyzeOptions:
     recommendations: bool = True
     optimizer: str = "adamw"
     n_heads: int | None = None
+    #: where the weights probe runs (None/"cpu": the numpy/CPU path; "cuda:N": batched GPU SVDs)
+    weights_device: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -74,15 +77,24 @@ def analyze_model(
     weights_progress: Progress | None = None,
     on_estimate: Callable[[Any], None] | None = None,
     extra: Mapping[str, Any] | None = None,
+    kind: str = "analyze",
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Run the Hessian probe, heterogeneity, head structure, weights probe and recommendations on
     ``model``; return ``(document, figures)``. ``weights_source`` (default: the live model) is what the
-    weights probe reads: a checkpoint path or the module itself. The model is never modified."""
+    weights probe reads: a checkpoint path or the module itself. The blocks follow ``settings.blocks``
+    (Adam-mini blocks via :func:`analyses.blockings.hessian_blocks`). ``kind``: "analyze", or "hessian"
+    for the Hessian part alone (``spectra hessian``). The model is never modified."""
+    from analyses.blockings import hessian_blocks
     from analyses.heterogeneity import analyze_heterogeneity, spectra_from_hessian
     from spectra.hessian_probe import run_hessian
 
     options = options or AnalyzeOptions()
-    hess = run_hessian(model, batches, loss, settings, progress=progress, on_estimate=on_estimate)
+    choice = hessian_blocks(model, settings)
+    settings = choice.settings
+    hess = run_hessian(
+        model, batches, loss, settings, blocks=choice.blocks, block_notes=choice.notes, progress=progress,
+        on_estimate=on_estimate,
+    )  # fmt: skip
     het = analyze_heterogeneity(spectra_from_hessian(hess)) if hess.block_results else None
     structure = None
     if options.structure:
@@ -101,6 +113,7 @@ def analyze_model(
             model if weights_source is None else weights_source,
             WeightsSettings(seed=settings.seed),
             progress=weights_progress,
+            device=options.weights_device,
         )
         if options.recommendations:
             from analyses.recommendations import inputs_from_weights_report, recommend
@@ -114,7 +127,7 @@ def analyze_model(
         source=source, seed=settings.seed, hessian=hess, heterogeneity=het, structure=structure,
         weights=weights, recommendations=recs,
         model_info={"class": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters()))},
-        settings={"hessian": settings.to_dict(), "analyze": options.to_dict()}, extra=extra,
+        settings={"hessian": settings.to_dict(), "analyze": options.to_dict()}, extra=extra, kind=kind,
     )  # fmt: skip
     return doc, make_figures(hess, het, weights)
 
@@ -131,14 +144,18 @@ def build_document(
     model_info: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    kind: str = "analyze",
 ) -> dict[str, Any]:
     """The report.json document (schema :data:`SCHEMA_VERSION`): provenance, every section present
-    (``null`` when not run) and the findings in plain words."""
+    (``null`` when not run) and the findings in plain words. ``kind``: "analyze" (``spectra analyze``)
+    or "hessian" (``spectra hessian``: the Hessian part alone)."""
     from spectra.weights import provenance
 
+    if kind not in ("analyze", "hessian"):
+        raise ValueError(f"kind must be 'analyze' or 'hessian', got {kind!r}")
     doc = {
         "schema_version": SCHEMA_VERSION,
-        "kind": "analyze",
+        "kind": kind,
         "source": str(source),
         "provenance": provenance(seed=seed),
         "model": dict(model_info or {}),
@@ -192,7 +209,7 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
             f"Block heterogeneity: {het['verdict']} (block lambda_max spread {_g(spread['ratio'], '.3g')}x; "
             f"mean pairwise JS distance: {js})."
         )
-        drivers = het["drivers"].get("scales-kept-log") or []
+        drivers = het["drivers"].get(DRIVERS_CONVENTION) or []
         top = [d for d in drivers if (d.get("contribution") or 0) > 0][:3]
         if top:
             out.append(
@@ -210,6 +227,11 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
         alpha = (w["summary"]["metrics"].get("alpha") or {}).get("median")
         out.append(
             f"Weights: {w['summary']['n_matrices']} matrices analysed; median power-law alpha {_g(alpha, '.3g')}."
+        )
+    if doc.get("kind") == "hessian":
+        out.append(
+            "Hessian part alone (`spectra hessian`): weight spectra, head structure and recommendations not "
+            "run; `spectra analyze` writes them."
         )
     rec = doc.get("recommendations")
     if rec:
@@ -330,7 +352,11 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list[str], list[tuple[l
              r["lambda_min"], r["trace"], "yes" if r["in_js"] else "no"]
             for r in block_rows(doc)
         ]  # fmt: skip
-        paras = [f"Cost estimate: {doc['hessian']['cost_estimate']['total_hvps']} HVPs (upper bound)."]
+        blocking = (doc["hessian"].get("settings") or {}).get("blocks", "tensor")
+        paras = [
+            f"Blocks: `{blocking}` ({len(doc['hessian']['blocks'])} blocks). Cost estimate: "
+            f"{doc['hessian']['cost_estimate']['total_hvps']} HVPs (upper bound)."
+        ]
         if doc["hessian"].get("notes"):
             paras += [f"Note: {n}" for n in doc["hessian"]["notes"]]
         out.append(
@@ -351,7 +377,7 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list[str], list[tuple[l
             for k, v in s.items()
             if isinstance(v, dict)
         ]
-        drv = het["drivers"].get("scales-kept-log", [])
+        drv = het["drivers"].get(DRIVERS_CONVENTION, [])
         drv_rows = [
             [d["group"], d["num_blocks"], d["mean_js_within"], d["mean_js_to_others"], d["contribution"]]
             for d in drv
@@ -360,7 +386,13 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list[str], list[tuple[l
             (["convention", "mean pairwise JS"], [[k, v] for k, v in het["mean_js"].items()]),
             (["scale", "ratio", "decades", "largest block", "smallest block"], spread_rows),
             (
-                ["group (scales-kept-log)", "blocks", "mean JS within", "mean JS to others", "contribution"],
+                [
+                    f"group ({DRIVERS_CONVENTION})",
+                    "blocks",
+                    "mean JS within",
+                    "mean JS to others",
+                    "contribution",
+                ],
                 drv_rows,
             ),
         ]

@@ -47,8 +47,8 @@ def run_demo(
     rows = []
     with staged_directory(out) as stage:
         md = ["# spectra demo: a small transformer vs a small CNN", "",
-              "| model | verdict | block lambda_max spread | mean JS scales-kept | shape-only | scales-kept-log |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "| model | verdict | block lambda_max spread | mean JS scales-kept | shape-only |",
+              "|---|---|---|---|---|"]  # fmt: skip
         details = []
         for case in cases:
             doc, figures = run_analysis(
@@ -60,7 +60,7 @@ def run_demo(
             spread = het["scale_spread"]["lambda_max"]["ratio"]
             m = het["mean_js"]
             md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {spread:.3g}x | "
-                      f"{m['scales-kept']:.3f} | {m['shape-only']:.3f} | {m['scales-kept-log']:.3f} |")  # fmt: skip
+                      f"{m['scales-kept']:.3f} | {m['shape-only']:.3f} |")  # fmt: skip
             details += [f"## {case.name}: {case.description}", "", *[f"- {f}" for f in doc["findings"]], ""]
             rows.append(
                 {"name": case.name, "verdict": het["verdict"], "mean_js": m, "lambda_max_spread": spread}

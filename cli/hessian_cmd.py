@@ -1,98 +1,25 @@
-"""`spectra hessian`: the Hessian probe alone (full-model Lanczos + SLQ, block SLQ, heterogeneity)."""
+"""`spectra hessian`: the Hessian part of the report alone (full-model Lanczos + SLQ, block SLQ,
+heterogeneity) in the `spectra analyze` format: report.json (kind "hessian"; weights, structure and
+recommendations null), report.md and report.html with the Hessian figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from cli.console import err_console, out_console, progress_bar
+from cli.analyze_cmd import (
+    BLOCKS_HELP,
+    DEFAULT_MAX_BLOCKS,
+    DEVICE_HELP,
+    DEVICE_MAP_HELP,
+    MAX_BLOCKS_HELP,
+    max_blocks,
+    resolve_placement,
+    run_analyze_cmd,
+)
 from spectra.errors import InputError
-
-SCHEMA_VERSION = "1.0"
-
-
-def probe(model, batches, loss, settings, *, quiet: bool, label: str = "hessian"):
-    """Run the Hessian probe with the cost estimate printed first and a progress bar in HVPs."""
-    from spectra.hessian_probe import run_hessian
-
-    def announce(cost) -> None:
-        if not quiet:
-            err_console().print(f"[bold]{label}[/]: cost estimate {cost.describe()}")
-
-    with progress_bar(label, quiet=quiet, unit="HVPs") as update:
-        return run_hessian(model, batches, loss, settings, progress=update, on_estimate=announce)
-
-
-def hessian_document(report, heterogeneity, *, source: str, seed: int, extra: dict[str, Any] | None = None):
-    """The JSON document `spectra hessian` writes: schema version, provenance, probe results, findings."""
-    from spectra.weights import provenance
-
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "hessian",
-        "source": source,
-        "provenance": provenance(seed=seed),
-        "hessian": report.to_dict(),
-        "heterogeneity": heterogeneity.to_dict(),
-        **(extra or {}),
-    }
-
-
-def summary_lines(report, het) -> list[str]:
-    """A few human lines: extreme eigenvalues, trace, verdict, spread, top drivers."""
-    lines = []
-    if report.lanczos is not None:
-        lz = report.lanczos
-        lines.append(
-            f"lambda_max {lz.lambda_max:.6g}, lambda_min {lz.lambda_min:.6g} "
-            f"(Lanczos, {lz.steps} steps, converged={lz.converged})"
-        )
-    if report.density is not None:
-        d = report.density
-        lines.append(
-            f"trace {d.trace:.6g} +- {d.trace_stderr:.2g} (SLQ, {d.num_probes} probes x {d.steps} steps)"
-        )
-    spread = het.scale_spread["lambda_max"]
-    ratio = "-" if spread["ratio"] is None else f"{spread['ratio']:.3g}x"
-    lines.append(f"block heterogeneity: {het.verdict} (block lambda_max spread {ratio}; " + ", ".join(
-        f"mean JS {k} {v:.3f}" for k, v in het.mean_js.items() if v is not None) + ")")  # fmt: skip
-    drivers = het.drivers.get("shape-only", [])[:3]
-    if drivers:
-        lines.append("driven by: " + ", ".join(f"{r['group']} ({r['num_blocks']} blocks)" for r in drivers))
-    lines.append(f"rule: {het.verdict_rule}")
-    lines.append(f"{report.num_hvps} HVPs in {report.seconds:.1f} s")
-    return lines
-
-
-def run_hessian_cmd(*, factory: str, weights: str | None, out: Path, settings, quiet: bool) -> None:
-    """Load the workload, probe, analyse, write hessian.json and hessian.md atomically."""
-    from analyses.data import load_factory
-    from analyses.heterogeneity import analyze_heterogeneity, spectra_from_hessian
-    from spectra.io import atomic_write_json, atomic_write_text, staged_directory
-
-    settings.validate()
-    work = load_factory(factory, weights)
-    report = probe(work.model, work.batches, work.loss, settings, quiet=quiet)
-    het = analyze_heterogeneity(spectra_from_hessian(report))
-    doc = hessian_document(report, het, source=work.source, seed=settings.seed)
-    lines = summary_lines(report, het)
-    with staged_directory(out) as stage:
-        atomic_write_json(stage / "hessian.json", doc)
-        atomic_write_text(stage / "hessian.md", "# Hessian spectra: " + work.source + "\n\n" + "\n".join(
-            f"- {line}" for line in lines) + "\n")  # fmt: skip
-    if not quiet:
-        console = out_console()
-        for line in lines:
-            console.print(line)
-        console.print(f"wrote hessian.json, hessian.md to {out}")
-
-
-def settings_from_options(**kw):
-    from spectra.hessian_probe import HessianSettings
-
-    return HessianSettings(**kw)
 
 
 def register(app: typer.Typer) -> None:
@@ -101,32 +28,64 @@ def register(app: typer.Typer) -> None:
 
 
 def hessian(
+    model_dir: Annotated[
+        str | None, typer.Argument(help="Hugging Face model directory (config, weights, tokenizer).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Text or JSONL file (with a model directory).")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="causal-lm, masked-lm or sequence-classification (default: from config)."
+        ),
+    ] = None,
     model_factory: Annotated[
-        str,
-        typer.Option("--model-factory", help="module:function returning (model, loss, batches); see docs."),
-    ],
+        str | None, typer.Option("--model-factory", help="module:function returning (model, loss, batches).")
+    ] = None,
     weights: Annotated[
-        str | None, typer.Option("--weights", help="Checkpoint weights to load first.")
+        str | None, typer.Option("--weights", help="Weights to load into the factory model.")
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("spectra-out/hessian"),
+    batches: Annotated[
+        int, typer.Option("--batches", help="Batches the Hessian is averaged over (0: all).")
+    ] = 4,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Sequences per batch (model directory).")
+    ] = 8,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence (model directory).")] = 128,
     top_k: Annotated[int, typer.Option("--top-k", help="Extreme eigenvalues per side (Lanczos).")] = 5,
     probes: Annotated[int, typer.Option("--probes", help="SLQ probes (full model).")] = 10,
     steps: Annotated[int, typer.Option("--steps", help="Lanczos steps per SLQ probe (full model).")] = 50,
     block_probes: Annotated[int, typer.Option("--block-probes", help="SLQ probes per block.")] = 10,
     block_steps: Annotated[int, typer.Option("--block-steps", help="Lanczos steps per block probe.")] = 50,
-    blocks: Annotated[str, typer.Option("--blocks", help="tensor or head.")] = "tensor",
-    heads: Annotated[int | None, typer.Option("--heads", help="Attention heads (for --blocks head).")] = None,
+    blocks: Annotated[str, typer.Option("--blocks", help=BLOCKS_HELP)] = "tensor",
+    max_blocks_per_tensor: Annotated[
+        int, typer.Option("--max-blocks-per-tensor", help=MAX_BLOCKS_HELP)
+    ] = DEFAULT_MAX_BLOCKS,
+    heads: Annotated[
+        int | None, typer.Option("--heads", help="Attention heads (default: from the model).")
+    ] = None,
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="float32 or float64 (default: model's).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random probe.")] = 0,
+    device: Annotated[str, typer.Option("--device", help=DEVICE_HELP)] = "auto",
+    device_map: Annotated[str | None, typer.Option("--device-map", help=DEVICE_MAP_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
-    """Hessian spectra: top/bottom eigenvalues, density and trace, per-block spectra and heterogeneity."""
-    settings = settings_from_options(
+    """Hessian spectra alone: top/bottom eigenvalues, density and trace, block spectra and heterogeneity."""
+    from analyses.report import AnalyzeOptions
+    from spectra.hessian_probe import HessianSettings
+
+    if batches < 0:
+        raise InputError("--batches", f"must be >= 0, got {batches}")
+    dev, dmap = resolve_placement(device, device_map)
+    settings = HessianSettings(
         top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps, blocks=blocks,
-        n_heads=heads, dtype=dtype, seed=seed,
+        n_heads=heads, dtype=dtype, seed=seed, max_blocks_per_tensor=max_blocks(max_blocks_per_tensor),
     )  # fmt: skip
-    if not model_factory:
-        raise InputError("--model-factory", "required")
-    run_hessian_cmd(factory=model_factory, weights=weights, out=out, settings=settings, quiet=quiet)
+    options = AnalyzeOptions(weights=False, structure=False, recommendations=False, n_heads=heads)
+    run_analyze_cmd(factory=model_factory, weights=weights, model_dir=model_dir, data=data, task=task,
+                    batch_size=batch_size, seq_len=seq_len, batches=batches, out=out, settings=settings,
+                    options=options, quiet=quiet, kind="hessian", device=dev, device_map=dmap)  # fmt: skip

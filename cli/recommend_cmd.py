@@ -106,7 +106,7 @@ def recommend_command(
     include_qkv: Annotated[bool, typer.Option("--include-qkv", help="Also assess Q/K/V for PC.")] = False,
     hessian: Annotated[
         Path | None,
-        typer.Option("--hessian", help="hessian.json from `spectra hessian` to rank by curvature."),
+        typer.Option("--hessian", help="report.json of `spectra hessian`/`analyze`: rank by curvature."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,

@@ -29,6 +29,7 @@ def run_weights(
     example: bool,
     quiet: bool,
     table_rows: int,
+    device: str = "auto",
 ) -> None:
     """Validate arguments, analyse, then write every requested output in one atomic step."""
     from spectra.io import atomic_write_json, atomic_write_text, staged_directory
@@ -47,6 +48,9 @@ def run_weights(
         raise InputError("--threads", f"must be >= 1, got {threads}")
     if example == (path is not None):
         raise InputError(None, "give exactly one of PATH or --example")
+    from spectra.devices import resolve_device
+
+    dev = resolve_device(device, "--device")  # torch-free when the machine has no NVIDIA driver
 
     settings = WeightsSettings(layers=layers, topk=topk, dtype=dtype, threads=threads, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +61,7 @@ def run_weights(
         else:
             source = Path(path)
         with progress_bar("weights", quiet=quiet) as update:
-            report = analyze_weights(source, settings, progress=update)
+            report = analyze_weights(source, settings, progress=update, device=dev)
         if not report.matrices:
             raise InputError(report.source, "no weight matrices to analyse (every tensor was skipped)")
 
@@ -189,9 +193,17 @@ def weights(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")] = False,
     table_rows: Annotated[int, typer.Option("--table-rows", help="Rows of the terminal table.")] = 40,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="auto (a CUDA GPU when torch sees one, else CPU), cpu (numpy; torch-free on safetensors), "
+            "cuda or cuda:N (batched torch decompositions on that GPU).",
+        ),
+    ] = "auto",
 ) -> None:
     """Singular-value spectra and metrics of every weight matrix (ranks, condition numbers, alpha, MP)."""
     run_weights(
         path=path, out=out, formats=format, plots=plots, layers=tuple(layers or ()), topk=topk, dtype=dtype,
-        threads=threads, seed=seed, example=example, quiet=quiet, table_rows=table_rows,
+        threads=threads, seed=seed, example=example, quiet=quiet, table_rows=table_rows, device=device,
     )  # fmt: skip

@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "HessianOperator": "spectra.operators",
     "GGNOperator": "spectra.operators",
     "Block": "spectra.blocks",
+    "CompositeBlock": "spectra.blocks",
+    "layer_blocks": "spectra.blocks",
     "BlockDiagonalOperator": "spectra.blocks",
     "parameter_blocks": "spectra.blocks",
     "row_blocks": "spectra.blocks",

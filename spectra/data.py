@@ -192,6 +192,7 @@ def cross_entropy(model: nn.Module, batch: Any) -> torch.Tensor:
     """Mean cross-entropy of ``model(x)`` against integer targets ``y`` (-100 ignored; any leading dims)."""
     inputs, y = _split_xy(batch)
     logits = _logits(_call(model, inputs))
+    y = y.to(logits.device)  # a model split over devices returns logits on its last one
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
@@ -200,7 +201,7 @@ def mse(model: nn.Module, batch: Any) -> torch.Tensor:
     inputs, y = _split_xy(batch)
     out = _logits(_call(model, inputs))
     # written out rather than F.mse_loss: its fused backward breaks torch.func forward-over-reverse
-    return (out - y.reshape(out.shape).to(out.dtype)).pow(2).mean()
+    return (out - y.reshape(out.shape).to(device=out.device, dtype=out.dtype)).pow(2).mean()
 
 
 def model_loss(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -227,7 +228,7 @@ def causal_lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """
     inputs, labels = _split_xy(batch)
     logits = _logits(_call(model, inputs))
-    logits, labels = logits[..., :-1, :], labels[..., 1:]
+    logits, labels = logits[..., :-1, :], labels[..., 1:].to(logits.device)
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
     )

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spectra.blocks import Block, head_blocks, parameter_blocks
+from spectra.blocks import AnyBlock, Block, check_block, head_blocks, layer_blocks, parameter_blocks
 from spectra.errors import InputError
 from spectra.io import json_safe
 from spectra.krylov import LanczosResult, default_max_steps, lanczos
@@ -30,7 +30,10 @@ __all__ = [
     "run_hessian",
 ]
 
-BLOCKINGS = ("tensor", "head")
+#: Block choices: whole tensors, Q/K/V split per head, one block per layer (every tensor sharing a
+#: numbered-layer prefix), and Adam-mini blocks (built outside spectra from the model's partition, see
+#: ``analyses.blockings``, and passed to :func:`run_hessian` as ``blocks=``).
+BLOCKINGS = ("tensor", "head", "layer", "adam-mini")
 Progress = Callable[[int, int, str], None]
 
 
@@ -40,8 +43,12 @@ class HessianSettings:
 
     ``top_k``: extreme eigenvalues per side; ``lanczos_steps``: cap (None: ``default_max_steps``);
     ``probes``/``steps``: full-model SLQ; ``block_probes``/``block_steps``: block SLQ; ``blocks``:
-    ``"tensor"`` (one block per parameter tensor) or ``"head"`` (Q/K/V projections split per head, needs
-    ``n_heads``); ``full``/``block``: which parts to run.
+    ``"tensor"`` (one block per parameter tensor), ``"head"`` (Q/K/V projections split per head, needs
+    ``n_heads``), ``"layer"`` (one block per numbered layer, see :func:`spectra.blocks.layer_blocks`) or
+    ``"adam-mini"`` (the blocks of the Adam-mini partition, given to :func:`run_hessian` as ``blocks=``);
+    ``max_blocks_per_tensor``: cap on the blocks one tensor contributes under ``"adam-mini"`` (None: all);
+    ``full``/``block``: which parts to run; ``vector_device``: where the flat Krylov vectors live (None: the
+    first parameter's device; "cpu" when a model-parallel model's vectors would not fit on its GPU).
     """
 
     top_k: int = 5
@@ -52,6 +59,8 @@ class HessianSettings:
     block_steps: int = 50
     blocks: str = "tensor"
     n_heads: int | None = None
+    max_blocks_per_tensor: int | None = None
+    vector_device: str | None = None
     params: tuple[str, ...] | None = None
     full: bool = True
     block: bool = True
@@ -70,8 +79,13 @@ class HessianSettings:
             raise InputError(
                 "--blocks", f"unknown blocking {self.blocks!r}; use one of {', '.join(BLOCKINGS)}"
             )
-        if self.blocks == "head" and not self.n_heads:
-            raise InputError("--heads", "per-head blocks need the number of attention heads")
+        if self.n_heads is not None and self.n_heads < 1:
+            raise InputError("--heads", f"must be >= 1, got {self.n_heads}")
+        if self.max_blocks_per_tensor is not None and self.max_blocks_per_tensor < 1:
+            raise InputError(
+                "--max-blocks-per-tensor",
+                f"must be >= 1 (or unset for all), got {self.max_blocks_per_tensor}",
+            )
         if self.dtype not in (None, "float32", "float64"):
             raise InputError("--dtype", f"must be float32 or float64, got {self.dtype!r}")
         if not (self.full or self.block):
@@ -85,8 +99,11 @@ class HessianSettings:
 class CostEstimate:
     """HVP counts before the run (upper bounds: Lanczos may stop early once converged).
 
-    A lockstep block step costs one graph build per batch plus one pruned backward per block, about
-    one full HVP or a little more; ``total_hvps`` counts it as one.
+    A lockstep block step costs one graph build per batch (none when graphs are kept) plus one pruned
+    backward per block still running, a block of several tensors (:class:`~spectra.blocks.CompositeBlock`)
+    included; ``total_hvps`` and the progress bar count the step as one, and ``block_backwards`` (per
+    batch) bounds the pruned backwards, which dominate with many blocks. Block dims are block sizes
+    (the sum of a composite block's parts), so a chain runs ``min(block_steps, dim)`` steps.
     """
 
     dim: int
@@ -118,18 +135,21 @@ class HessianReport:
     dim: int
     lanczos: LanczosResult | None
     density: SLQResult | None
-    blocks: tuple[Block, ...]
+    blocks: tuple[AnyBlock, ...]
     block_results: tuple[SLQResult, ...]
     num_hvps: int
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
     weighting: str = ""
+    num_block_backwards: int = 0
 
     def block_summary(self) -> list[dict[str, Any]]:
-        """Per block: name, parameter, dim, lambda_max/lambda_min (extreme Ritz values), trace +- stderr."""
+        """Per block: name, parameter (None for a block of several parameters; ``params`` lists them),
+        kind, dim, lambda_max/lambda_min (extreme Ritz values), trace +- stderr."""
         return [
             {
-                "name": b.name, "param": b.param, "dim": r.dim, "lambda_max": r.ritz_max, "lambda_min": r.ritz_min,
+                "name": b.name, "param": b.param if isinstance(b, Block) else None, "params": list(b.params),
+                "kind": b.kind, "dim": r.dim, "lambda_max": r.ritz_max, "lambda_min": r.ritz_min,
                 "trace": r.trace, "trace_stderr": r.trace_stderr, "probes": r.num_probes, "steps": r.steps,
             }
             for b, r in zip(self.blocks, self.block_results, strict=True)
@@ -146,6 +166,7 @@ class HessianReport:
                 "cost_estimate": self.cost.to_dict(),
                 "dim": self.dim,
                 "num_hvps": self.num_hvps,
+                "num_block_backwards": self.num_block_backwards,
                 "seconds": self.seconds,
                 "weighting": self.weighting,
                 "notes": list(self.notes),
@@ -159,23 +180,60 @@ class HessianReport:
         )
 
 
-def choose_blocks(operator: Any, settings: HessianSettings) -> list[Block]:
-    """The blocks of the block analysis: whole tensors, or Q/K/V projections split per head."""
+def _module_of(name: str) -> str:
+    """The attention module a projection weight belongs to (``a.b.q_proj.weight`` -> ``a.b``)."""
+    return name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
+
+
+def _query_head_dims(shapes: dict[str, tuple[int, ...]], n_heads: int) -> dict[str, int]:
+    """Module -> head_dim (rows of its Q projection / ``n_heads``) for every 2-D Q projection."""
+    from spectra.roles import tensor_role
+
+    out: dict[str, int] = {}
+    for name, shape in shapes.items():
+        if tensor_role(name) == "q" and len(shape) == 2 and shape[0] % n_heads == 0:
+            out.setdefault(_module_of(name), shape[0] // n_heads)
+    return out
+
+
+def choose_blocks(operator: Any, settings: HessianSettings) -> list[AnyBlock]:
+    """The blocks of the block analysis: whole tensors, Q/K/V projections split per head, or one block
+    per layer. Adam-mini blocks need the model's partition (``analyses.blockings``): pass them to
+    :func:`run_hessian` as ``blocks=``.
+
+    Per head: Q and fused QKV are cut into ``n_heads`` heads; K and V into ``rows / head_dim`` heads with
+    head_dim from the sibling Q projection (grouped-query attention), else into ``n_heads``.
+    """
     blocks = parameter_blocks(operator)
     if settings.blocks == "tensor":
         return blocks
+    if settings.blocks == "layer":
+        return layer_blocks(operator)
+    if settings.blocks == "adam-mini":
+        raise InputError(
+            "--blocks",
+            "adam-mini blocks come from the model's partition: build them with "
+            "analyses.blockings.adam_mini_blocks and pass them to run_hessian(blocks=...)",
+        )
+    if not settings.n_heads:
+        raise InputError("--heads", "per-head blocks need the number of attention heads")
     from spectra.roles import tensor_role
 
-    out: list[Block] = []
+    heads = int(settings.n_heads)
+    head_dims = _query_head_dims({b.param: b.shape for b in blocks}, heads)
+    out: list[AnyBlock] = []
     for b in blocks:
         role = tensor_role(b.param)
-        if role in ("q", "k", "v") and len(b.shape) == 2 and b.shape[0] % int(settings.n_heads or 1) == 0:
-            out.extend(head_blocks(operator, b.param, int(settings.n_heads or 1)))
-        elif role == "qkv" and len(b.shape) == 2 and b.shape[0] % (3 * int(settings.n_heads or 1)) == 0:
-            d = b.shape[0] // 3
+        rows = b.shape[0] if len(b.shape) == 2 else 0
+        hd = head_dims.get(_module_of(b.param)) if role in ("k", "v") else None
+        if role in ("k", "v") and hd and rows % hd == 0:
+            out.extend(head_blocks(operator, b.param, rows // hd, hd))
+        elif role in ("q", "k", "v") and rows and rows % heads == 0:
+            out.extend(head_blocks(operator, b.param, heads))
+        elif role == "qkv" and rows and rows % (3 * heads) == 0:
+            d = rows // 3
             for i, part in enumerate("qkv"):
-                out.extend(head_blocks(operator, b.param, int(settings.n_heads or 1), offset=i * d,
-                                       prefix=f"{b.param}:{part}"))  # fmt: skip
+                out.extend(head_blocks(operator, b.param, heads, offset=i * d, prefix=f"{b.param}:{part}"))
         else:
             out.append(b)
     return out
@@ -229,13 +287,18 @@ def run_hessian(
     loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     settings: HessianSettings | None = None,
     *,
+    blocks: Sequence[AnyBlock] | None = None,
+    block_notes: Sequence[str] = (),
     progress: Progress | None = None,
     on_estimate: Callable[[CostEstimate], None] | None = None,
 ) -> HessianReport:
     """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see :mod:`spectra.operators`).
 
-    ``on_estimate(cost)`` is called once the operator is built and before the first HVP (the CLI
-    prints it); ``progress(done, total, label)`` after every HVP or lockstep block step.
+    ``blocks`` (any :class:`~spectra.blocks.Block` / :class:`~spectra.blocks.CompositeBlock` list, e.g. the
+    Adam-mini blocks of ``analyses.blockings``) replaces the blocks ``settings.blocks`` would choose;
+    ``block_notes`` (how they were chosen) go into the report's notes. ``on_estimate(cost)`` is called
+    once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
+    label)`` after every HVP or lockstep block step.
     """
     from spectra.operators import HessianOperator
 
@@ -249,8 +312,18 @@ def run_hessian(
         params=list(settings.params) if settings.params else None,
         mode=settings.mode,
         dtype=dtype,
+        vector_device=settings.vector_device,
     )
-    blocks = choose_blocks(op, settings) if settings.block else []
+    if not settings.block:
+        blocks = []
+    elif blocks is None:
+        blocks = choose_blocks(op, settings)
+    else:
+        blocks = list(blocks)
+        if not blocks:
+            raise InputError("--blocks", "an empty block list was given")
+        for b in blocks:
+            check_block(b, op.param_shapes)
     cost = estimate_cost(op.dim, len(op.batches), [b.numel for b in blocks], settings)
     if on_estimate is not None:
         on_estimate(cost)
@@ -273,15 +346,26 @@ def run_hessian(
             _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed
         )
     results: list[SLQResult] = []
+    backwards = 0
     if blocks:
-        mop = _Counted(op.block_diagonal(blocks), tick, "block SLQ")
+        bd = op.block_diagonal(blocks)
         results = slq_lockstep(
-            mop, num_probes=settings.block_probes, steps=settings.block_steps, seed=settings.seed
-        )
+            _Counted(bd, tick, "block SLQ"), num_probes=settings.block_probes, steps=settings.block_steps,
+            seed=settings.seed,
+        )  # fmt: skip
+        backwards = bd.num_block_hvps
+        zero = [
+            b.name for b, r in zip(blocks, results, strict=True) if r.ritz_max == 0.0 and r.ritz_min == 0.0
+        ]
+        if zero:
+            block_notes = (*block_notes, f"{len(zero)} block(s) have an exactly zero Hessian on these batches "
+                           f"(e.g. embedding rows of tokens absent from them): {', '.join(zero[:5])}"
+                           + (", ..." if len(zero) > 5 else ""))  # fmt: skip
     seconds = time.perf_counter() - start
     if progress is not None:
         progress(done, done, "done")
     return HessianReport(
         settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
-        block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes), weighting=op.weighting,
+        block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes) + tuple(block_notes),
+        weighting=op.weighting, num_block_backwards=backwards,
     )  # fmt: skip

@@ -16,6 +16,17 @@ Hessian modes:
 The user's model is never changed: gradients are taken with respect to detached views (or float64
 copies) of its parameters through :func:`torch.func.functional_call`, eval mode and the attention guard
 are restored after every forward.
+
+Devices. Flat vectors (inputs, results, gradient, Lanczos basis) live on ONE device,
+``vector_device`` (default: the device of the first differentiated parameter). A model whose parameters
+span several devices (an HF ``device_map`` model split over GPUs) is handled model-parallel: each
+parameter's piece of a vector is copied to that parameter's device for the backward pass and each
+result piece is copied back, one copy per tensor each way. When every parameter sits on the vector
+device nothing is copied (the pieces are views). Batches are moved once, at construction, to the
+device of the input embedding (HF ``get_input_embeddings()``) or else of the first parameter; the
+model's own forward (accelerate's hooks for a ``device_map`` model) moves activations between devices.
+Parameters on the ``meta`` device (offloaded to CPU/disk by a ``device_map``, or never loaded) are
+refused: the offload hooks would swap real weights in behind the differentiated leaves.
 """
 
 from __future__ import annotations
@@ -100,6 +111,52 @@ def _count_saved_bytes(exclude: set[int], dtypes: set[torch.dtype]) -> Iterator[
         yield total
 
 
+def input_device(model: nn.Module) -> torch.device:
+    """Where a batch goes: the input embedding's device (HF ``get_input_embeddings()``, which is where a
+    ``device_map`` model takes its inputs), else the first parameter's, else the CPU."""
+    get = getattr(model, "get_input_embeddings", None)
+    if callable(get):
+        try:
+            emb = get()
+        except (NotImplementedError, AttributeError, TypeError):
+            emb = None
+        w = getattr(emb, "weight", None)
+        if isinstance(w, torch.Tensor) and w.device.type != "meta":
+            return w.device
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _concrete_device(device: str | torch.device) -> torch.device:
+    """``device`` with its index filled in as tensors report it (``"cuda"`` -> ``cuda:<current>``), so it
+    compares equal to the parameters' devices; InputError for a device torch cannot use."""
+    try:
+        return torch.empty(0, device=device).device
+    except (RuntimeError, ValueError, AssertionError) as err:
+        raise InputError(None, f"vector_device {str(device)!r} is not usable here ({err!s:.100})") from None
+
+
+def _storage_key(t: torch.Tensor) -> int | None:
+    """The tensor's storage address, or None for tensors without one (lazy/XLA device tensors)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _check_resident(model: nn.Module) -> None:
+    """Refuse parameters/buffers on the meta device (device_map offload to CPU/disk, or never loaded)."""
+    meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
+    if meta:
+        raise InputError(
+            None,
+            f"{len(meta)} parameter/buffer tensor(s) are on the meta device (first: {meta[0]!r}): offloaded "
+            "to CPU/disk by a device_map, or never loaded; HVPs need every tensor resident on a device "
+            "(give the device_map more GPU memory or GPUs, or load the model on one device)",
+        )
+
+
 class _CurvatureBase:
     """Shared plumbing: parameter selection, float64 copies, batch weights, guards, flat vectors."""
 
@@ -115,6 +172,7 @@ class _CurvatureBase:
         attention: str,
         eval_mode: bool,
         shift_labels: bool | str,
+        vector_device: str | torch.device | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise InputError(None, f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -136,6 +194,7 @@ class _CurvatureBase:
             raise InputError(
                 None, "no parameters to differentiate (none requires grad and params was not given)"
             )
+        _check_resident(model)
         model_dtype = named_user[names[0]].dtype
         if dtype is not None and any(named_user[n].dtype != dtype for n in names):
             self._model = copy.deepcopy(model).to(dtype)
@@ -155,13 +214,19 @@ class _CurvatureBase:
             self._offsets[n] = (start, start + k)
             start += k
         self.dim: int = start
-        self.device: torch.device = named[names[0]].device
+        self.param_devices: list[torch.device] = [named[n].device for n in names]
+        self.device: torch.device = (
+            self.param_devices[0] if vector_device is None else _concrete_device(vector_device)
+        )
+        # pieces travel between the vector device and the parameters' devices only when they differ
+        self._move = any(d != self.device for d in self.param_devices)
+        self.input_device: torch.device = input_device(self._model)
         self._leaves = [named[n].detach().requires_grad_(True) for n in names]
         self._frozen = {f"model.{n}": p.detach() for n, p in named.items() if n not in self._param_index}
-        self._leaf_storages = {p.untyped_storage().data_ptr() for p in named.values()}
+        self._leaf_storages = {_storage_key(p) for p in named.values()} - {None}
         self._wrapper = _Wrapper(self._model, fn)
 
-        self.batches: list[Any] = [cast_floating(b, dtype, self.device) for b in as_batch_list(batches)]
+        self.batches: list[Any] = [cast_floating(b, dtype, self.input_device) for b in as_batch_list(batches)]
         shift = is_causal_lm(model) if shift_labels == "auto" else bool(shift_labels)
         self.weighting, self.weights = resolve_weights(self.batches, weighting, shift)
         self.total_weight: float = float(sum(self.weights))
@@ -206,17 +271,52 @@ class _CurvatureBase:
     def num_batches(self) -> int:
         return len(self.batches)
 
+    @property
+    def multi_device(self) -> bool:
+        """True when some parameter is not on the vector device (pieces are copied each way per HVP)."""
+        return self._move
+
+    def param_device(self, name: str) -> torch.device:
+        """The device parameter ``name`` lives on (where its piece of a vector must go for a backward)."""
+        return self.param_devices[self._param_index[name]]
+
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """Views of flat ``v`` shaped like each parameter, in :attr:`param_names` order."""
-        return [v[a:b].view(self.param_shapes[n]) for n, (a, b) in self._offsets.items()]
+        """Flat ``v`` cut into parameter-shaped pieces, in :attr:`param_names` order, each on its parameter's
+        device: views of ``v`` when all parameters share its device, copies otherwise."""
+        views = [v[a:b].view(self.param_shapes[n]) for n, (a, b) in self._offsets.items()]
+        if not self._move:
+            return views
+        return [t.to(d) for t, d in zip(views, self.param_devices, strict=True)]
+
+    def _split_cols(self, V: torch.Tensor) -> list[torch.Tensor]:
+        """The ``(k, *shape)`` pieces of a ``(dim, k)`` matrix for a batched backward (on parameter devices)."""
+        k = V.shape[1]
+        parts = [V[a:b].T.reshape(k, *self.param_shapes[n]) for n, (a, b) in self._offsets.items()]
+        if not self._move:
+            return parts
+        return [t.to(d) for t, d in zip(parts, self.param_devices, strict=True)]
 
     def flatten(self, parts: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """Concatenate parameter-shaped tensors (None = zeros) into one flat vector."""
+        """Concatenate parameter-shaped tensors (None = zeros), from any device, into one flat vector on
+        the vector device."""
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for (a, b), t in zip(self._offsets.values(), parts, strict=True):
-            if t is not None:
-                out[a:b] = t.reshape(-1)
+            if t is not None:  # .to first: some devices (lazy tensors) refuse a cross-device copy_
+                out[a:b].copy_(t.reshape(-1).to(self.device))
         return out
+
+    def _cat(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Flat concatenation of one full set of parameter-shaped tensors (``torch.cat`` on one device;
+        per-piece copies onto the vector device when the pieces sit on several)."""
+        if not self._move:
+            return torch.cat([t.reshape(-1) for t in parts])
+        return self.flatten(parts)
+
+    def _cat_cols(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(dim, k)`` from per-parameter ``(k, numel)`` pieces (moved to the vector device if needed)."""
+        if self._move:
+            parts = [t.to(self.device) for t in parts]
+        return torch.cat(list(parts), dim=1).T
 
     def param_slice(self, name: str) -> slice:
         """Where parameter ``name`` lives in the flat vector."""
@@ -225,17 +325,17 @@ class _CurvatureBase:
 
     def take(self, block: Block, v: torch.Tensor) -> torch.Tensor:
         """The block's entries of a flat full-dimension vector."""
-        return block.take(v[self.param_slice(block.param)])
+        return block.gather(lambda n: v[self.param_slice(n)])
 
     def embed(self, block: Block, vb: torch.Tensor) -> torch.Tensor:
         """A flat full-dimension vector that is ``vb`` on the block and zero elsewhere."""
         out = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        block.put(vb.to(self.dtype), into=out[self.param_slice(block.param)].view(block.shape))
+        block.scatter(vb.to(self.dtype), lambda n: out[self.param_slice(n)])
         return out
 
     def parameters_vector(self) -> torch.Tensor:
         """The differentiated parameters as one flat vector (a copy, in the operator dtype)."""
-        return torch.cat([p.detach().reshape(-1) for p in self._leaves])
+        return self._cat([p.detach() for p in self._leaves])
 
     def _check_vec(self, v: torch.Tensor) -> torch.Tensor:
         if not isinstance(v, torch.Tensor) or v.shape != (self.dim,):
@@ -284,8 +384,9 @@ class _CurvatureBase:
 
     def restrict(self, block: Block) -> RestrictedOperator:
         """The diagonal block H_bb as a LinearOperator of dimension ``block.numel``."""
-        if block.param not in self.param_shapes:
-            raise InputError(None, f"block {block.name!r}: {block.param!r} is not a differentiated parameter")
+        for name in block.params:
+            if name not in self.param_shapes:
+                raise InputError(None, f"block {block.name!r}: {name!r} is not a differentiated parameter")
         return RestrictedOperator(self, block)
 
 
@@ -339,6 +440,7 @@ class HessianOperator(_CurvatureBase):
         eval_mode: bool = True,
         fd_eps: float | None = None,
         shift_labels: bool | str = "auto",
+        vector_device: str | torch.device | None = None,
     ):
         if mode not in HESSIAN_MODES:
             raise InputError(None, f"unknown mode {mode!r}: use one of {', '.join(HESSIAN_MODES)}")
@@ -356,6 +458,7 @@ class HessianOperator(_CurvatureBase):
             attention=attention,
             eval_mode=eval_mode,
             shift_labels=shift_labels,
+            vector_device=vector_device,
         )
         if hf_downcast:
             self.notes.append(
@@ -464,7 +567,7 @@ class HessianOperator(_CurvatureBase):
         self._loss = float(sum(w * lb for w, lb in losses) / W)
         g = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for w, grads in graphs:
-            g.add_(torch.cat([t.detach().reshape(-1) for t in grads]), alpha=w)
+            g.add_(self._cat([t.detach() for t in grads]), alpha=w)
         self._grad = g / W
 
     def _for_each_graph(self, fn: Callable[[float, list[torch.Tensor], list[torch.Tensor]], None]) -> None:
@@ -501,7 +604,7 @@ class HessianOperator(_CurvatureBase):
             for batch, w in self._active:
                 lb, grads = self._build(batch, create_graph=False)
                 loss += w * float(lb)
-                g.add_(torch.cat([t.reshape(-1) for t in grads]), alpha=w)
+                g.add_(self._cat(grads), alpha=w)
         self._grad, self._loss = g / W, loss / W
 
     def gradient(self) -> torch.Tensor:
@@ -578,11 +681,8 @@ class HessianOperator(_CurvatureBase):
 
         def per_batch(w: float, grads: list[torch.Tensor], leaves: list[torch.Tensor]) -> None:
             hs = _second_backward(grads, leaves, parts, retain=retain)
-            flat = torch.cat(
-                [
-                    (torch.zeros_like(p) if h is None else h).reshape(-1)
-                    for p, h in zip(leaves, hs, strict=True)
-                ]
+            flat = self._cat(
+                [torch.zeros_like(p) if h is None else h for p, h in zip(leaves, hs, strict=True)]
             )
             if acc[0] is None:
                 acc[0] = flat.mul_(w / self.total_weight)
@@ -597,16 +697,16 @@ class HessianOperator(_CurvatureBase):
     def _batched_hvp(self, grads, leaves, Vc: torch.Tensor, keep: bool) -> torch.Tensor:
         kc = Vc.shape[1]
         if self._batched_ok:
-            parts = [Vc[a:b].T.reshape(kc, *self.param_shapes[n]) for n, (a, b) in self._offsets.items()]
+            parts = self._split_cols(Vc)
             try:
                 hs = _second_backward(grads, leaves, parts, retain=True, batched=True)
                 flat = [
-                    torch.zeros(kc, p.numel(), dtype=self.dtype, device=self.device)
+                    torch.zeros(kc, p.numel(), dtype=self.dtype, device=p.device)
                     if h is None
                     else h.reshape(kc, -1)
                     for p, h in zip(leaves, hs, strict=True)
                 ]
-                return torch.cat(flat, dim=1).T
+                return self._cat_cols(flat)
             except (RuntimeError, NotImplementedError) as err:
                 if is_double_backward_error(err):
                     raise
@@ -640,12 +740,8 @@ class HessianOperator(_CurvatureBase):
                 done = False
                 if k > 1 and self._batched_ok:
                     try:
-                        parts = [
-                            V[a:b].T.reshape(k, *self.param_shapes[nm])
-                            for nm, (a, b) in self._offsets.items()
-                        ]
-                        hs = torch.func.vmap(hvp)(*parts)
-                        out += w * torch.cat([h.reshape(k, -1) for h in hs], dim=1).T
+                        hs = torch.func.vmap(hvp)(*self._split_cols(V))
+                        out += w * self._cat_cols([h.reshape(k, -1) for h in hs])
                         done = True
                     except (RuntimeError, NotImplementedError) as err:
                         if is_double_backward_error(err):
@@ -709,6 +805,7 @@ def output_and_target(
     """Model output and target, flattened as the loss sees them: CE ``(N, C)`` logits + ``(N,)`` labels."""
     inputs, y = _split_xy(batch)
     out = _logits(model(**inputs) if isinstance(inputs, dict) else model(inputs))
+    y = y.to(out.device)  # the output leaves the last device of a model split over several
     if loss == "cross_entropy":
         if shift:
             out, y = out[..., :-1, :], y[..., 1:]
@@ -739,6 +836,7 @@ class GGNOperator(_CurvatureBase):
         attention: str = "auto",
         eval_mode: bool = True,
         shift_labels: bool | str = "auto",
+        vector_device: str | torch.device | None = None,
     ):
         if loss not in GGN_LOSSES:
             raise InputError(None, f"GGN supports loss in {GGN_LOSSES}, got {loss!r}")
@@ -761,6 +859,7 @@ class GGNOperator(_CurvatureBase):
             attention=attention,
             eval_mode=eval_mode,
             shift_labels=shift,
+            vector_device=vector_device,
         )
         self.mode = "recompute" if mode == "recompute" else "reuse"
         self._states: list[tuple[float, tuple]] | None = None

@@ -119,36 +119,50 @@ def analyze_weights(
     settings: WeightsSettings | None = None,
     *,
     progress: Progress | None = None,
+    device: str | torch.device | None = None,
 ) -> WeightsReport:
     """Run the weight-spectrum probe on a checkpoint path or a live module (never modified).
 
     Safetensors checkpoints (single, sharded, HF folder) are read and decomposed with numpy alone, so torch
     is never imported (``--threads`` then limits BLAS through threadpoolctl when installed, otherwise BLAS
     threads follow ``OMP_NUM_THREADS``); ``.bin``/``.pt`` files and live modules use torch.
+    ``device`` (None or ``"cpu"``: the CPU paths above; ``"auto"``: a GPU when torch sees one): on a GPU
+    such as ``"cuda:0"`` every tensor is copied there as it is read and the full spectra of same-shape
+    matrices are computed in one batched torch call per shape (:func:`analyse_views`, at most
+    :data:`DEVICE_BATCH_BYTES` of matrices at once); top/bottom-k spectra stay on the CPU (ARPACK). The
+    device used is recorded in the provenance.
     """
     from contextlib import ExitStack
 
     settings = settings or WeightsSettings()
     if settings.dtype not in ("float64", "float32"):
         raise ValueError(f"dtype must be float64 or float32, got {settings.dtype!r}")
+    if isinstance(device, str):
+        from spectra.devices import resolve_device
+
+        device = resolve_device(device, "device")  # "auto" -> a GPU when torch sees one, else "cpu"
+    on_cpu = device is None or str(device) == "cpu"
     started = time.perf_counter()
     with ExitStack() as stack:
         ckpt = stack.enter_context(open_checkpoint(source))
-        use_numpy = ckpt.torch_free
+        use_numpy = ckpt.torch_free and on_cpu
         compute_dtype: Any = settings.dtype if use_numpy else compute_dtype_of(settings)
         if settings.threads:
             stack.enter_context(_thread_limit(settings.threads, use_numpy))
         records = plan_inventory(ckpt, settings)
         todo = [r for r in records if r.status == "analysed"]
-        results: list[MatrixReport] = []
-        for i, record in enumerate(todo):
-            if progress is not None:
-                progress(i, len(todo), record.name)
-            tensor = ckpt.load_numpy(record.name) if use_numpy else ckpt.load(record.name)
-            views = extract_matrices(record, tensor)
-            for view in views:
-                results.append(analyse_view(view, ckpt.config, settings, compute_dtype))
-            del tensor, views
+        if on_cpu:
+            results: list[MatrixReport] = []
+            for i, record in enumerate(todo):
+                if progress is not None:
+                    progress(i, len(todo), record.name)
+                tensor = ckpt.load_numpy(record.name) if use_numpy else ckpt.load(record.name)
+                views = extract_matrices(record, tensor)
+                for view in views:
+                    results.append(analyse_view(view, ckpt.config, settings, compute_dtype))
+                del tensor, views
+        else:
+            results = analyse_on_device(ckpt, todo, settings, device, progress=progress)
         if progress is not None:
             progress(len(todo), len(todo), "")
         files = tuple(ckpt.files)
@@ -165,10 +179,92 @@ def analyze_weights(
         settings=settings,
         provenance=provenance(
             settings.seed,
-            {"analysis_seconds": round(elapsed, 4), "backend": "numpy" if use_numpy else "torch"},
+            {
+                "analysis_seconds": round(elapsed, 4),
+                "backend": "numpy" if use_numpy else "torch",
+                "device": "cpu" if on_cpu else str(device),
+            },
         ),
         notes=notes,
     )
+
+
+#: Bytes of matrices (in the compute dtype) gathered on a device before one batched decomposition.
+DEVICE_BATCH_BYTES = 2**30
+
+
+def analyse_on_device(
+    ckpt: Checkpoint,
+    todo: Sequence[TensorRecord],
+    settings: WeightsSettings,
+    device: str | torch.device,
+    *,
+    progress: Progress | None = None,
+    batch: bool = True,
+    max_batch_bytes: int = DEVICE_BATCH_BYTES,
+) -> list[MatrixReport]:
+    """Read each planned tensor, copy it to ``device`` and decompose the matrices there, in order.
+
+    Matrices are gathered until they reach ``max_batch_bytes`` (in the compute dtype), then decomposed by
+    :func:`analyse_views` (same-shape full spectra in one batched call when ``batch``). Runs on any
+    torch device (the tests drive it on the CPU).
+    """
+    import torch
+
+    dev = torch.device(device)
+    compute_dtype = compute_dtype_of(settings)
+    itemsize = torch.empty((), dtype=compute_dtype).element_size()
+    results: list[MatrixReport] = []
+    pending: list[MatrixView] = []
+    pending_bytes = 0
+    for i, record in enumerate(todo):
+        if progress is not None:
+            progress(i, len(todo), record.name)
+        tensor = ckpt.load(record.name).to(dev)
+        for view in extract_matrices(record, tensor):
+            pending.append(view)
+            pending_bytes += int(view.matrix.numel()) * itemsize
+        del tensor
+        if pending_bytes >= max_batch_bytes:
+            results.extend(analyse_views(pending, settings, compute_dtype, batch=batch))
+            pending, pending_bytes = [], 0
+    if pending:
+        results.extend(analyse_views(pending, settings, compute_dtype, batch=batch))
+    return results
+
+
+def analyse_views(
+    views: Sequence[MatrixView],
+    settings: WeightsSettings,
+    compute_dtype: torch.dtype,
+    *,
+    batch: bool | None = None,
+) -> list[MatrixReport]:
+    """:func:`analyse_view` for many matrices, in order; the full spectra of finite torch matrices are
+    computed by :func:`spectra.svd.singular_values_batched` (one batched call per shape when ``batch``;
+    None: only off the CPU, where batching pays). Partial spectra and NaN/Inf matrices go one by one."""
+    from spectra.svd import singular_values_batched
+
+    out: list[MatrixReport | None] = [None] * len(views)
+    full: list[int] = []
+    for i, view in enumerate(views):
+        m = view.matrix
+        shape = (int(m.shape[0]), int(m.shape[1]))
+        if isinstance(m, np.ndarray) or _spectrum_plan(shape, settings)[0] is not None or count_nonfinite(m):
+            out[i] = analyse_view(view, None, settings, compute_dtype)
+        else:
+            full.append(i)
+    svs = singular_values_batched(
+        [views[i].matrix for i in full], dtype=compute_dtype, method=settings.method, batch=batch
+    )
+    for i, sv in zip(full, svs, strict=True):
+        v = views[i]
+        shape = (int(v.matrix.shape[0]), int(v.matrix.shape[1]))
+        extra = _spectrum_plan(shape, settings)[2]
+        note = _join(v.note, extra) if extra else v.note
+        metrics = compute_metrics(sv, shape, name=v.name, dtype=settings.dtype)
+        out[i] = MatrixReport(v.name, v.tensor_name, v.kind, v.role, shape, "ok", note, 0, metrics, sv)
+    return [r for r in out if r is not None]
 
 
 def _thread_limit(threads: int, use_numpy: bool):
@@ -246,16 +342,9 @@ def analyse_view(
             view.name, view.tensor_name, view.kind, role, shape, "nonfinite",
             _join(view.note, f"{n_bad} NaN/Inf entries: metrics not computed"), n_bad, None,
         )  # fmt: skip
-    numel = shape[0] * shape[1]
-    k = settings.topk
-    note = view.note
-    which = "both"
-    if k is None and numel > settings.full_max_elements:
-        # automatic fallback for huge matrices: top-k by matrix-vector products only (bottom-k needs a
-        # QR factor, i.e. a float64 copy of the whole matrix, which is what this path avoids)
-        k, which = 64, "top"
-        note = _join(note, f"{numel} elements > full_max_elements={settings.full_max_elements}: top-{k} only")
-    if k is not None and k < min(shape):
+    k, which, extra = _spectrum_plan(shape, settings)
+    note = _join(view.note, extra) if extra else view.note
+    if k is not None:
         part = partial_singular_values(matrix, k, which=which, seed=settings.seed)
         metrics = compute_metrics(None, shape, name=view.name, dtype=settings.dtype, partial=part)
         sv = part.top
@@ -265,6 +354,20 @@ def analyse_view(
         metrics = compute_metrics(sv, shape, name=view.name, dtype=settings.dtype)
         status = "ok"
     return MatrixReport(view.name, view.tensor_name, view.kind, role, shape, status, note, 0, metrics, sv)
+
+
+def _spectrum_plan(shape: tuple[int, int], settings: WeightsSettings) -> tuple[int | None, str, str]:
+    """``(k, which, note)``: k None for a full spectrum, else the partial spectrum to compute and why."""
+    numel = shape[0] * shape[1]
+    k, which, note = settings.topk, "both", ""
+    if k is None and numel > settings.full_max_elements:
+        # automatic fallback for huge matrices: top-k by matrix-vector products only (bottom-k needs a
+        # QR factor, i.e. a float64 copy of the whole matrix, which is what this path avoids)
+        k, which = 64, "top"
+        note = f"{numel} elements > full_max_elements={settings.full_max_elements}: top-{k} only"
+    if k is not None and k >= min(shape):
+        return None, which, note
+    return k, which, note
 
 
 def provenance(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:

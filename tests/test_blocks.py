@@ -8,8 +8,11 @@ import torch
 from spectra.blocks import (
     Block,
     BlockDiagonalOperator,
+    CompositeBlock,
     column_blocks,
     head_blocks,
+    layer_blocks,
+    layer_key,
     parameter_blocks,
     qkv_blocks,
     row_blocks,
@@ -157,3 +160,127 @@ def test_block_errors():
         bd.matvec_many([torch.zeros(3)])
     with pytest.raises(ValueError):
         bd.matvec_many([])
+
+
+# ---------------------------------------------------------------------------- blocks of several parts
+
+
+def _mixed_composite(op: HessianOperator) -> CompositeBlock:
+    """Rows 2:5 of the first weight, the whole middle bias and columns 3:7 of the last weight (three
+    parameters in three layers, so the cross terms between parts are exercised)."""
+    return CompositeBlock(
+        "mixed",
+        (
+            row_blocks(op, "0.weight", bounds=[0, 2, 5, 16])[1],
+            Block("2.bias", "2.bias", (16,)),
+            column_blocks(op, "4.weight", bounds=[0, 3, 7, 16])[1],
+        ),
+    )
+
+
+def test_composite_block_vector_layout_and_errors():
+    w = torch.arange(20.0).view(4, 5)
+    bias = torch.arange(100.0, 104.0)
+    rows = Block("w[rows 1:3]", "w", (4, 5), axis=0, start=1, stop=3)
+    cols = Block("w[rows 3:4]", "w", (4, 5), axis=0, start=3, stop=4)
+    cb = CompositeBlock("c", (rows, Block("b", "b", (4,)), cols))
+    assert cb.numel == 10 + 4 + 5 and cb.params == ("w", "b") and cb.parts[0] is rows
+    v = cb.take({"w": w, "b": bias})
+    assert torch.equal(v, torch.cat([w[1:3].reshape(-1), bias, w[3]]))
+    back = cb.put(v)
+    assert (
+        torch.equal(back["b"], bias) and torch.equal(back["w"][1:], w[1:]) and back["w"][0].abs().sum() == 0
+    )
+    assert cb.to_dict()["numel"] == 19 and len(cb.to_dict()["parts"]) == 3
+    with pytest.raises(InputError, match="overlap"):
+        CompositeBlock("x", (rows, Block("w[rows 2:4]", "w", (4, 5), axis=0, start=2, stop=4)))
+    with pytest.raises(InputError, match="overlap"):
+        CompositeBlock("x", (rows, Block("w", "w", (4, 5))))
+    with pytest.raises(InputError, match="axes"):
+        CompositeBlock("x", (rows, Block("w[cols 0:1]", "w", (4, 5), axis=1, start=0, stop=1)))
+    with pytest.raises(InputError, match="no parts"):
+        CompositeBlock("x", ())
+
+
+def test_block_views_flat_and_last_against_exact_blocks():
+    """A Block seen through ``view``: coordinates of a flattened tensor, rows of a (prod(leading), last) view."""
+
+    def blocks(op):
+        return [
+            Block("conv.weight[coord 5:14]", "conv.weight", (4, 1, 3, 3), 0, 5, 14, "coords", (36,)),
+            Block("conv.weight[row 3:7]", "conv.weight", (4, 1, 3, 3), 0, 3, 7, "rows", (12, 3)),
+            Block("fc.weight[coord 40:41]", "fc.weight", (3, 36), 0, 40, 41, "coords", (108,)),
+        ]
+
+    _, _, bs = _check("cnn-bn", blocks)
+    assert [b.numel for b in bs] == [9, 12, 1]
+    x = torch.arange(36.0).view(4, 1, 3, 3)
+    assert torch.equal(bs[1].take(x), x.reshape(12, 3)[3:7].reshape(-1))
+    with pytest.raises(InputError, match="view"):
+        Block("bad", "w", (4, 5), 0, 0, 1, view=(3, 5))
+
+
+@pytest.mark.parametrize("mode", ["reuse", "recompute"])
+def test_composite_blocks_equal_exact_principal_submatrices(mode):
+    op, bd, blocks = _check("mlp", lambda op: [_mixed_composite(op), *layer_blocks(op)], mode=mode)
+    assert [b.name for b in blocks[1:]] == ["0", "2", "4"]
+    assert [b.params for b in blocks[1:]] == [
+        ("0.weight", "0.bias"),
+        ("2.weight", "2.bias"),
+        ("4.weight", "4.bias"),
+    ]
+    assert bd.dims == [3 * 5 + 16 + 3 * 4, 5 * 16 + 16, 16 * 16 + 16, 16 * 3 + 3]
+    # one pruned backward per composite block and batch, whatever its number of parts
+    assert bd.num_block_hvps == len(blocks) * len(op.batches)
+    # the layer blocks tile the parameter vector: every coordinate exactly once
+    idx = torch.cat([op.take(b, torch.arange(op.dim, dtype=torch.float64)) for b in blocks[1:]]).long()
+    assert torch.equal(idx.sort().values, torch.arange(op.dim))
+
+
+def test_composite_restrict_embed_take_and_ggn():
+    from spectra.operators import output_and_target
+
+    c = get_case("mlp")
+    op = HessianOperator(c.model, c.batches, c.loss, dtype=torch.float64, weighting=c.weights)
+    b = _mixed_composite(op)
+    # flat layout 0.weight (16x5) | 0.bias | 2.weight (16x16) | 2.bias | 4.weight (3x16) | 4.bias, written out
+    expected = [
+        *range(2 * 5, 5 * 5),
+        *range(352, 368),
+        *(368 + 16 * r + c for r in range(3) for c in range(3, 7)),
+    ]
+    assert op.take(b, torch.arange(op.dim, dtype=torch.float64)).long().tolist() == expected
+    v = random_vector(b.numel, 5)
+    r = op.restrict(b)
+    assert r.dim == b.numel
+    exact = _exact_block(op, case_hessian("mlp"), b) @ v
+    assert rel_err(r.matvec(v), exact) < 1e-10
+    assert rel_err(op.take(b, op.matvec(op.embed(b, v))), exact) < 1e-10
+    e = op.embed(b, v)
+    assert float(e.norm()) == pytest.approx(float(v.norm())) and torch.equal(op.take(b, e), v)
+    g = GGNOperator(c.model, c.batches, "cross_entropy", dtype=torch.float64, weighting=c.weights)
+    G = exact_ggn(
+        c.model, c.batches, lambda m, bt: output_and_target(m, bt, loss="cross_entropy", shift=False), g.output_loss,
+        weights=c.weights,
+    )  # fmt: skip
+    idx = g.take(b, torch.arange(g.dim, dtype=torch.float64)).long()
+    assert rel_err(g.restrict(b).matvec(v), G[idx][:, idx] @ v) < 1e-10
+    with pytest.raises(InputError, match="not a differentiated"):
+        HessianOperator(c.model, c.batches, c.loss, params=["0.weight"]).restrict(b)
+
+
+def test_layer_key_and_layer_blocks_of_hf_models():
+    assert layer_key("model.layers.3.mlp.up_proj.weight") == "model.layers.3"
+    assert layer_key("encoder.layer.0.x.weight") != layer_key("decoder.layer.0.x.weight")
+    assert layer_key("0.weight") == "0" and layer_key("wte.weight") is None and layer_key("plist.0") is None
+    _, _, bs = _check("llama", lambda op: layer_blocks(op), tol=1e-5)  # HF RMSNorm computes in float32
+    assert [b.name for b in bs] == [
+        "model.embed_tokens.weight",
+        "model.layers.0",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
+    assert isinstance(bs[1], CompositeBlock) and len(bs[1].parts) == 9 and bs[1].kind == "layer"
+    _, _, bs = _check("gpt2", lambda op: layer_blocks(op))
+    assert [b.name for b in bs] == ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0",
+                                    "transformer.ln_f.weight", "transformer.ln_f.bias"]  # fmt: skip

@@ -1,4 +1,5 @@
-"""`spectra hessian` and `spectra demo` end to end (reduced budgets), and their bad-input behaviour."""
+"""`spectra hessian` end to end (reduced budgets): the report format, the lambda_max against the exact
+Hessian, `--blocks`, and bad-input behaviour."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def _run(argv):
     return exc.value.code
 
 
-def test_hessian_command_writes_json_matching_exact(tmp_path, capsys):
+def test_hessian_command_writes_report_matching_exact(tmp_path, capsys):
     import torch
+
+    from analyses.report import REPORT_FILES, validate_document
 
     factory = tmp_path / "factory.py"
     factory.write_text(FACTORY)
@@ -39,8 +42,12 @@ def test_hessian_command_writes_json_matching_exact(tmp_path, capsys):
     assert code in (0, None)
     err = capsys.readouterr().err
     assert "cost estimate" in err and "HVPs" in err
-    doc = json.loads((out / "hessian.json").read_text())
-    assert doc["schema_version"] and doc["provenance"]["torch"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
+    doc = json.loads((out / "report.json").read_text())
+    validate_document(doc)  # the report schema of `spectra analyze`
+    assert doc["kind"] == "hessian" and doc["provenance"]["torch"]
+    assert doc["weights"] is None and doc["structure"] is None and doc["recommendations"] is None
+    assert doc["settings"]["hessian"]["blocks"] == "tensor"
     assert len(doc["hessian"]["blocks"]) == 6 and doc["heterogeneity"]["verdict"] in (
         "heterogeneous",
         "homogeneous",
@@ -71,7 +78,13 @@ def test_hessian_command_writes_json_matching_exact(tmp_path, capsys):
     assert doc["hessian"]["lanczos"]["lambda_max"] == pytest.approx(float(ev[-1]), rel=1e-6)
     dens = doc["hessian"]["density"]
     assert abs(dens["trace"] - float(ev.sum())) <= 4 * dens["trace_stderr"] + 1e-9  # SLQ trace within 4 s.e.
-    assert (out / "hessian.md").read_text().startswith("# Hessian spectra")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# spectra report:") and "## Hessian blocks" in md and "## Weight spectra" not in md
+    assert "not run" in md
+    page = (out / "report.html").read_text()
+    for alt in ("full_density", "block_densities", "block_scales", "js_heatmap_shape-only"):
+        assert f"alt='{alt}'" in page, alt
+    assert "weights_depth" not in page
 
 
 def test_bad_factory_exits_2_and_writes_nothing(tmp_path, capsys):

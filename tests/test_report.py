@@ -66,7 +66,7 @@ def test_report_json_valid_and_complete(report):
                   "## Weight spectra", "## Recommendations"):  # fmt: skip
         assert title in md
     expected = {"full_density", "block_densities", "block_scales", "weights_depth",
-                "js_heatmap_scales-kept", "js_heatmap_shape-only", "js_heatmap_scales-kept-log"}  # fmt: skip
+                "js_heatmap_scales-kept", "js_heatmap_shape-only"}  # fmt: skip
     assert set(figs) == expected and all(v.startswith(b"\x89PNG") for v in figs.values())
 
 
