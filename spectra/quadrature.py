@@ -21,8 +21,19 @@ from spectra.krylov import _block_ids, _Chain, _eig_tridiagonal, block_seed
 from spectra.linop import LinearOperator, MultiOperator
 from spectra.trace import draw_probes
 
-#: Default kernel width: this fraction of the range of the Ritz values seen (the spread of the nodes).
+#: Default kernel width: this fraction of the range of the Ritz values seen (the spread of the nodes), or
+#: half the mean node spacing of an m-node quadrature, 1/(2m) of the range, when that is wider: a narrower
+#: kernel draws the quadrature nodes, not the spectrum (measured on the tiny-MLP Hessian, 10 probes,
+#: median L1 to the exact density over 10 seeds: m = 30 gives 0.085 at 1% and 0.040 at 1.5%; m = 20 gives
+#: 0.28 at 1%, 0.037 at 2%).
 DEFAULT_SIGMA_FRACTION = 0.01
+
+
+def default_sigma_fraction(steps: int) -> float:
+    """The default kernel width of an SLQ density with ``steps`` Lanczos steps, as a fraction of the range."""
+    return max(DEFAULT_SIGMA_FRACTION, 1.0 / (2.0 * max(int(steps), 1)))
+
+
 #: Default grid: ``num_points`` points spanning the nodes plus this many sigmas on each side.
 GRID_MARGIN_SIGMAS = 6.0
 
@@ -139,13 +150,13 @@ class SLQResult:
     ) -> SpectralDensity:
         """Smoothed density (1/n_v) sum_v sum_i tau_i g_sigma(t - theta_i).
 
-        ``sigma`` defaults to :data:`DEFAULT_SIGMA_FRACTION` of the node range (ritz_max - ritz_min);
+        ``sigma`` defaults to :func:`default_sigma_fraction` of the node range (ritz_max - ritz_min);
         the default grid spans the nodes plus :data:`GRID_MARGIN_SIGMAS` sigmas with ``num_points``.
         """
         span = self.ritz_max - self.ritz_min
         if sigma is None:
             scale = span if span > 0 else max(abs(self.ritz_max), 1e-12)
-            sigma = DEFAULT_SIGMA_FRACTION * scale
+            sigma = default_sigma_fraction(self.steps) * scale
         sigma = float(sigma)
         if grid is None:
             pad = GRID_MARGIN_SIGMAS * sigma
