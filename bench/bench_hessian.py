@@ -1,6 +1,6 @@
 """Benchmark the Hessian engine against PyHessian 0.1, hessian-eigenthings 1.0.0a5 and curvlinops 3.0.1.
 
-Run:  python bench/bench_hessian.py [--repeats 5] [--skip-e2e] [--skip-memory]
+Run:  python bench/bench_hessian.py [--repeats 5] [--step-runs 5] [--skip-e2e] [--skip-memory]
 
 Model: a 2-layer pre-LN transformer LM (d=256, 4 heads, MLP 4d, vocab 1000, untied head; ~2.1M
 parameters in 30 tensors), attention written out (softmax(QK^T)V: twice differentiable for every tool),
@@ -196,6 +196,54 @@ def hvp_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     return times
 
 
+# ====================================================================== Lanczos step vs bare HVP, paired
+def lanczos_step_pairs(model, batch, runs: int, steps: int = 12) -> dict[str, dict[str, list[float]]]:
+    """One Lanczos step against one bare reused-graph HVP, paired inside the same run.
+
+    ``lanczos``'s ``progress`` callback (called after each step) times a bare HVP right there; a step is
+    the time between two callbacks minus that bare HVP: the Ritz check of the previous step, ``vector()``,
+    our matvec and the recurrence (plus reorthogonalisation when due). Each step is divided by the bare
+    HVP next to it, so slow phases of a shared machine hit both sides of a ratio. Step 1 (start-up:
+    start vector, allocations) is dropped; steps 2..``steps`` of ``runs`` runs per policy are kept.
+    """
+    from spectra.krylov import lanczos
+    from spectra.operators import HessianOperator
+
+    params = params_of(model)
+    n = sum(p.numel() for p in params)
+    v = unit_vector(n, 0)
+    vs = split_like(v, params)
+    grads = torch.autograd.grad(ce_loss(model, batch), params, create_graph=True)
+
+    def bare():
+        return torch.autograd.grad(grads, params, vs, retain_graph=True)
+
+    ours = HessianOperator(model, [batch], ce_loss, mode="reuse", attention="off")
+    ours.matvec(v)
+    bare()
+    out: dict[str, dict[str, list[float]]] = {}
+    for _ in range(runs):
+        for policy in ("partial", "full"):
+            rec = out.setdefault(policy, {"ratio": [], "step": [], "bare": []})
+            mark = [time.perf_counter()]
+
+            def progress(step: int, _budget: int, rec=rec, mark=mark) -> None:
+                t = time.perf_counter()
+                bare()
+                hvp = time.perf_counter() - t
+                if step > 1:
+                    rec["step"].append(t - mark[0])
+                    rec["bare"].append(hvp)
+                    rec["ratio"].append((t - mark[0]) / hvp)
+                mark[0] = time.perf_counter()
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lanczos(ours, 1, which="largest", tol=1e-300, max_steps=steps, seed=0,
+                        reorthogonalize=policy, progress=progress)  # fmt: skip
+    return out
+
+
 # ====================================================================== block-diagonal matvec
 def block_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     from curvlinops import HessianLinearOperator
@@ -376,6 +424,8 @@ def main() -> None:
     ap.add_argument("--e2e-repeats", type=int, default=1)
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--skip-hvp", action="store_true")
+    ap.add_argument("--skip-steps", action="store_true")
+    ap.add_argument("--step-runs", type=int, default=5, help="Lanczos runs per policy for the paired step")
     ap.add_argument("--skip-blocks", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
@@ -397,6 +447,20 @@ def main() -> None:
         print("|---|---|---|---|")
         for k, xs in t.items():
             print(f"| {k} | {med(xs):.3f} | {med(xs) / b:.2f} | {med(xs) / g:.2f} |")
+
+    if not args.skip_steps:
+        ts = lanczos_step_pairs(model, batch, args.step_runs)
+        raw["lanczos_step_pairs"] = ts
+        print(f"\n## One Lanczos step / one bare reused HVP, paired within each run ({args.step_runs} runs per "
+              f"policy, steps 2-12; load {loadavg()})")  # fmt: skip
+        print(
+            "| reorthogonalisation | pairs | median step / bare | quartiles | median step s | median bare s |"
+        )
+        print("|---|---|---|---|---|---|")
+        for pol, rec in ts.items():
+            q = statistics.quantiles(rec["ratio"], n=4)
+            print(f"| {pol} | {len(rec['ratio'])} | {med(rec['ratio']):.3f} | {q[0]:.3f}-{q[2]:.3f} | "
+                  f"{med(rec['step']):.3f} | {med(rec['bare']):.3f} |")  # fmt: skip
 
     if not args.skip_blocks:
         tb = block_costs(model, batch, max(3, args.repeats // 2))

@@ -1,10 +1,13 @@
 """Lanczos for extreme eigenvalues of a symmetric operator, with float64 bookkeeping.
 
-Every scalar the recurrence produces (alpha, beta, their dot products and norms) and the tridiagonal
-eigensolve are float64 whatever the operator dtype; vectors handed to ``matvec`` are in the operator's
-dtype and device. The basis is kept in the operator dtype (float32 for half-precision operators, whose
-rounding would wreck orthogonality) and reorthogonalised (classical Gram-Schmidt, repeated when it
-cancels) in the basis dtype, in place in preallocated work vectors. Two policies: ``"full"``
+Every scalar the recurrence produces (alpha, beta) and the tridiagonal eigensolve are float64 whatever
+the operator dtype; vectors handed to ``matvec`` are in the operator's dtype and device. The basis is
+kept in the operator dtype (float32 for half-precision operators, whose rounding would wreck
+orthogonality), and each step works on it in that dtype, in place: q_{j+1} is formed in its own basis
+row. The dot products and norms behind alpha and beta sum in short blocks in the basis dtype and add the
+block sums in float64 (about 1e-9 relative on millions of float32 entries, where a float32 BLAS dot or
+norm loses 1e-6 to 3e-4), so they are as accurate as the float32 vectors they read. Reorthogonalisation
+is classical Gram-Schmidt, repeated when it cancels, in the basis dtype. Two policies: ``"full"``
 reorthogonalises every step against the whole basis; ``"partial"`` (Simon 1984, PRO) tracks the omega
 recurrence estimating |q_j^T q_k| in float64 (O(m) scalars per step) and reorthogonalises against the
 whole basis only when the largest estimate exceeds sqrt(eps) of the basis dtype (and at the step after,
@@ -49,6 +52,9 @@ DEFAULT_TOL: dict[torch.dtype, float] = {
 _CHUNK_ELEMENTS = 1 << 24
 # Basis rows per allocation (the basis grows by whole chunks, never by copying).
 _ROWS_PER_CHUNK = 16
+# Dot products and squared norms sum the elementwise products in blocks of this many entries in the
+# basis dtype, the block sums in float64 (see _Chain._dot).
+_SUM_BLOCK = 4096
 # Reorthogonalise a second time when one pass shrank ||w|| below this fraction (Daniel-Gragg-Kaufman-Stewart).
 _DGKS = 1.0 / math.sqrt(2.0)
 
@@ -114,6 +120,11 @@ class _Chain:
     ``vector()`` gives q_j in the operator dtype/device; ``push(A q_j)`` records alpha_j and beta_j and
     forms q_{j+1}. On breakdown (beta ~ 0: the Krylov space is invariant) the chain either restarts with
     a random vector orthogonal to the basis (``restart=True``, beta recorded as exactly 0) or stops.
+
+    A step touches each long vector as few times as it can: q_{j+1} is formed in place in its own basis
+    row, in the basis dtype (no work copies, no dim-sized allocation per step: one scratch vector serves
+    the dot products), and the step's scalars reach the host in one transfer (one device sync per step
+    unless it reorthogonalises).
     """
 
     def __init__(
@@ -160,13 +171,17 @@ class _Chain:
         self._force_next = False  # PRO: reorthogonalise the next vector too
         self.max_omega = 0.0  # largest orthogonality-loss estimate seen (partial policy)
         self._noise = 0.0  # largest measured local rounding term |q_{j-1}^T w| (partial policy)
-        self._keep_all = reorthogonalize
-        # the basis lives in fixed-size row chunks allocated as needed: growing never copies (a doubling
-        # copy held old + new basis at once: +70% peak memory measured on a 2M-parameter model)
-        self._rows_per_chunk = _ROWS_PER_CHUNK if reorthogonalize else 2
+        # Storage: row i holds q_i; row n (one past the last vector) is where q_{n} is formed. With the
+        # whole basis kept, rows live in fixed-size chunks allocated as needed (growing never copies: a
+        # doubling copy held old + new basis at once, +70% peak memory on a 2M-parameter model); without,
+        # three rows are reused in turn (q_{j-1}, q_j and the one being formed).
+        self._ring = not reorthogonalize
         self._chunks: list[torch.Tensor] = []
-        self._n = 0  # vectors stored (when keeping all)
-        self._bufs: dict[str, torch.Tensor] = {}
+        self._n = 0  # vectors stored
+        # squared norms below this lose digits to underflow in the basis dtype: recomputed in float64
+        finfo = torch.finfo(self.store_dtype)
+        self._tiny_sq = float(finfo.tiny) / float(finfo.eps)
+        self._scratch: torch.Tensor | None = None
         self._released = False
         q = v0.detach().to(device=self.device, dtype=torch.float64).reshape(-1)
         if q.numel() != dim:
@@ -174,53 +189,25 @@ class _Chain:
         norm = float(torch.linalg.vector_norm(q))
         if not math.isfinite(norm) or norm == 0.0:
             raise ValueError("v0 must be a finite nonzero vector")
-        self._append(q / norm)
+        self._slot(0).copy_(q / norm)
+        self._n = 1
 
     # -- basis storage -------------------------------------------------------------------------
-    def _append(self, q64: torch.Tensor) -> None:
-        """Store q (copied and rounded into the basis dtype in place: no temporary vector)."""
-        if self._keep_all:
-            c = self._rows_per_chunk
-            if self._n == len(self._chunks) * c:
-                rows = min(c, self.max_steps + 1 - self._n)
-                self._chunks.append(torch.empty(rows, self.dim, dtype=self.store_dtype, device=self.device))
-            row = self._row(self._n).copy_(q64)
-            self._n += 1
-        else:  # keep only the last two vectors (q_{j-1}, q_j)
+    def _slot(self, i: int) -> torch.Tensor:
+        """Row i of the storage (a view), allocating its chunk on first use."""
+        if self._ring:
             if not self._chunks:
-                self._chunks.append(torch.empty(2, self.dim, dtype=self.store_dtype, device=self.device))
-            if self._n < 2:
-                row = self._chunks[0][self._n].copy_(q64)
-                self._n += 1
-            else:
-                self._chunks[0][0].copy_(self._chunks[0][1])
-                row = self._chunks[0][1].copy_(q64)
-        if self.store_dtype != torch.float64:  # float64 copies of the stored q_j, q_{j-1} (rotated)
-            spare = self._bufs.pop("q_prev", None)
-            if "q" in self._bufs:
-                self._bufs["q_prev"] = self._bufs["q"]
-            if spare is None:
-                spare = torch.empty(self.dim, dtype=torch.float64, device=self.device)
-            self._bufs["q"] = spare.copy_(row)
-
-    def _buffer(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        """A persistent work vector of length dim (allocated once: fresh multi-MB allocations per step
-        cost page faults that, measured on a 2M-parameter model, made bookkeeping slower than the HVP)."""
-        buf = self._bufs.get(name)
-        if buf is None:
-            buf = self._bufs[name] = torch.empty(self.dim, dtype=dtype, device=self.device)
-        return buf
-
-    def _row(self, i: int) -> torch.Tensor:
-        """Stored row i (a view); in two-vector mode rows are the last two stored."""
-        if not self._keep_all:
-            return self._chunks[0][i]
-        c = self._rows_per_chunk
+                self._chunks.append(torch.empty(3, self.dim, dtype=self.store_dtype, device=self.device))
+            return self._chunks[0][i % 3]
+        c = _ROWS_PER_CHUNK
+        while i >= len(self._chunks) * c:  # rows 0..max_steps: the basis plus the row being formed
+            rows = min(c, self.max_steps + 1 - len(self._chunks) * c)
+            self._chunks.append(torch.empty(rows, self.dim, dtype=self.store_dtype, device=self.device))
         return self._chunks[i // c][i % c]
 
     def _blocks(self, rows: int) -> list[torch.Tensor]:
         """The first ``rows`` stored rows as a list of contiguous (r, dim) views, one per chunk."""
-        c = self._rows_per_chunk
+        c = _ROWS_PER_CHUNK
         out = []
         for k, chunk in enumerate(self._chunks):
             take = min(chunk.shape[0], rows - k * c)
@@ -229,17 +216,10 @@ class _Chain:
             out.append(chunk[:take])
         return out
 
-    def _q(self, j_from_end: int) -> torch.Tensor:
-        """q_j (0) or q_{j-1} (1) in float64: a view of the basis row, or its float64 copy."""
-        row = self._row(self._n - 1 - j_from_end)
-        if row.dtype == torch.float64:
-            return row
-        return self._bufs["q" if j_from_end == 0 else "q_prev"]
-
     @property
     def basis(self) -> torch.Tensor:
         """The stored Lanczos vectors q_0..q_{m-1} (rows), when the full basis is kept."""
-        if not self._keep_all:
+        if self._ring:
             raise RuntimeError("the basis is only kept with reorthogonalize=True")
         if self._released:
             raise RuntimeError("the basis of this chain was released")
@@ -253,44 +233,59 @@ class _Chain:
     def done(self) -> bool:
         return self.exhausted or self.steps >= self.max_steps
 
-    def _project_out(self, w: torch.Tensor, rows: int) -> None:
-        """w -= Q Q^T w over the first ``rows`` basis vectors (in place, no dim-sized temporaries).
+    # -- reductions ------------------------------------------------------------------------------
+    def _dot(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x^T y as a 0-dim float64 tensor on the device (no sync): products summed pairwise in blocks of
+        ``_SUM_BLOCK`` in the basis dtype, the block sums in float64.
 
-        A float64 basis is used in float64. A float32 basis (float32 and half-precision operators) is
-        used in float32 on a float32 copy of w: the basis itself only holds float32 precision, so the
-        second Gram-Schmidt pass restores orthogonality to that level either way, and this reads the
-        basis twice instead of converting it to float64 (4x the memory traffic) every pass.
+        A BLAS dot or norm accumulates in the vector dtype with an error growing with the length: on
+        float32 with positive terms, measured 5e-7 (dot) and 9e-6 (squared norm) relative at 3M entries
+        against 4e-10 and 6e-10 here, for one extra pass (an upcast float64 dot costs 7x more). Norms of
+        short blocks (no temporary) were 2x cheaper but their float32 square roots doubled the worst
+        Ritz-value error on the float32 test spectra.
         """
+        if self._scratch is None:
+            self._scratch = torch.empty(self.dim, dtype=self.store_dtype, device=self.device)
+        t = torch.mul(x, y, out=self._scratch)
+        k = self._split(_SUM_BLOCK)
+        s = t[:k].view(-1, _SUM_BLOCK).sum(1).sum(dtype=torch.float64)
+        return s + t[k:].sum(dtype=torch.float64) if k < self.dim else s
+
+    def _split(self, block: int) -> int:
+        """Entries covered by whole blocks of ``block`` (the rest is reduced on its own)."""
+        return self.dim - self.dim % block
+
+    def _norm(self, w: torch.Tensor, sq: float | None = None) -> float:
+        """||w|| from its squared norm ``sq`` (computed here when None); float64 recompute on under/overflow."""
+        if sq is None:
+            sq = float(self._dot(w, w))
+        if math.isfinite(sq) and sq > self._tiny_sq:
+            return math.sqrt(sq)
+        return float(torch.linalg.vector_norm(w, dtype=torch.float64))
+
+    def _project_out(self, w: torch.Tensor, rows: int) -> None:
+        """w -= Q Q^T w over the first ``rows`` basis vectors (classical Gram-Schmidt: all coefficients
+        from the same w; in place, in the basis dtype, no dim-sized temporaries)."""
         blocks = self._blocks(rows)
-        if not blocks:
-            return
-        if blocks[0].dtype == torch.float64:  # classical Gram-Schmidt: all coefficients from the same w
-            coeffs = [torch.mv(b, w) for b in blocks]
-            for b, c in zip(blocks, coeffs, strict=True):
-                w.addmv_(b.T, c, alpha=-1.0)
-            return
-        w32 = self._buffer("w32", blocks[0].dtype).copy_(w)
-        coeffs = [torch.mv(b, w32) for b in blocks]
-        torch.mv(blocks[0].T, coeffs[0], out=w32)
-        for b, c in zip(blocks[1:], coeffs[1:], strict=True):
-            w32.addmv_(b.T, c)
-        w.sub_(self._buffer("p64", torch.float64).copy_(w32))  # same-dtype sub_: mixed-dtype is ~4x slower
+        coeffs = [torch.mv(b, w) for b in blocks]
+        for b, c in zip(blocks, coeffs, strict=True):
+            w.addmv_(b.T, c, alpha=-1.0)
 
     # -- the recurrence --------------------------------------------------------------------------
     def vector(self) -> torch.Tensor:
         """q_j, the vector to multiply next, in the operator dtype."""
-        return self._row(self._n - 1).to(self.op_dtype)
+        return self._slot(self._n - 1).to(self.op_dtype)
 
     def push(self, aq: torch.Tensor) -> None:
         """Record A q_j and form q_{j+1} (or stop/restart at a breakdown)."""
         self._push(aq)
-        if self.done:  # a finished chain keeps its basis (Ritz vectors) but not its work vectors
-            self._bufs.clear()
+        if self.done:  # a finished chain keeps its basis (Ritz vectors) but not its work vector
+            self._scratch = None
 
     def release(self) -> None:
         """Drop the basis and work vectors, keeping alphas/betas (all SLQ needs once a chain is done)."""
         self._chunks = []
-        self._bufs.clear()
+        self._scratch = None
         self._released = True
 
     def _push(self, aq: torch.Tensor) -> None:
@@ -299,26 +294,40 @@ class _Chain:
         aq = aq.detach().reshape(-1)
         if aq.numel() != self.dim:
             raise ValueError(f"the operator returned {aq.numel()} entries, expected {self.dim}")
-        w = self._buffer("w", torch.float64).copy_(aq)
-        q = self._q(0)
-        alpha = float(torch.dot(q, w))
-        # any NaN/Inf entry of w makes q.w non-finite (q_i * inf is inf or NaN), so check only then
-        if not math.isfinite(alpha) and not bool(torch.isfinite(w).all()):
-            raise FloatingPointError("the operator returned a non-finite vector (NaN/Inf in the matvec)")
-        w.add_(q, alpha=-alpha)
-        if self.betas and self._n >= 2:
-            w.add_(self._q(1), alpha=-self.betas[-1])
-        beta = float(torch.linalg.vector_norm(w))
+        if aq.device != self.device:
+            aq = aq.to(self.device)
+        n = self._n
+        q = self._slot(n - 1)
+        qp = self._slot(n - 2) if n >= 2 else None
+        w = self._slot(n)  # q_{j+1} is formed in place in its own row
         prev = self.betas[-1] if self.betas else 0.0
+        # u = A q_j - beta_{j-1} q_{j-1}, then alpha_j = q_j^T u and w = u - alpha_j q_j (Paige's ordering)
+        if qp is not None and prev != 0.0:
+            torch.add(aq, qp, alpha=-prev, out=w)
+        else:
+            w.copy_(aq)
+        alpha_t = self._dot(q, w)
+        w.addcmul_(q, alpha_t, value=-1.0)  # alpha stays on the device: no sync before the update
+        sums = [alpha_t, self._dot(w, w)]
+        # the operator's own rounding (a float64 model with float32 kernels inside, say) can exceed eps of
+        # its dtype: measure it. q_{j-1}^T w is the local term of the recurrence for k = j-1 (the beta_{j-1}
+        # terms cancel), so its size is the rounding level actually present (blocked too: a float32 BLAS dot
+        # of these nearly orthogonal vectors measured errors as large as the term itself on the bench model).
+        measure = self.reorthogonalize and self.policy == "partial" and qp is not None
+        if measure:
+            sums.append(self._dot(qp, w))
+        vals = torch.stack(sums).tolist()  # the step's one transfer to the host
+        alpha = vals[0]
+        # any NaN/Inf entry of A q_j makes alpha or ||w|| non-finite, so check the vector only then
+        if not (math.isfinite(alpha) and math.isfinite(vals[1])) and not bool(torch.isfinite(aq).all()):
+            raise FloatingPointError("the operator returned a non-finite vector (NaN/Inf in the matvec)")
+        beta = self._norm(w, vals[1])
         self.anorm = max(self.anorm, math.sqrt(alpha * alpha + beta * beta + prev * prev))
         if self.reorthogonalize:
             reorth = True
             if self.policy == "partial":
-                # the operator's own rounding (a float64 model with float32 kernels inside, say) can exceed
-                # eps of its dtype: measure it. q_{j-1}^T w is the local term of the recurrence for k = j-1
-                # (the beta_{j-1} terms cancel), so its size is the rounding level actually present.
-                if self._n >= 2:
-                    self._noise = max(self._noise, abs(float(torch.dot(self._q(1), w))))
+                if measure:
+                    self._noise = max(self._noise, abs(vals[2]))
                 omega = self._next_omega(alpha, beta)
                 peak = float(np.max(np.abs(omega[:-1]))) if omega.size > 1 else 0.0
                 if math.isfinite(peak):
@@ -331,11 +340,11 @@ class _Chain:
                 # against the whole basis; a second pass only when the first cancelled a lot (the DGKS
                 # criterion ARPACK uses: ||w|| dropped below 1/sqrt(2) of its value)
                 before = beta
-                self._project_out(w, self._n)
-                beta = float(torch.linalg.vector_norm(w))
+                self._project_out(w, n)
+                beta = self._norm(w)
                 if beta < _DGKS * before:
-                    self._project_out(w, self._n)
-                    beta = float(torch.linalg.vector_norm(w))
+                    self._project_out(w, n)
+                    beta = self._norm(w)
                 self.num_reorth += 1
                 if self.policy == "partial":
                     omega = self._reset_omega()
@@ -357,10 +366,10 @@ class _Chain:
                 self.exhausted = True
                 return
             for _ in range(3):  # a fresh direction orthogonal to the (invariant) Krylov space
-                r = torch.randn(self.dim, generator=self.generator, dtype=torch.float64).to(self.device)
-                self._project_out(r, self._n)
-                self._project_out(r, self._n)
-                rn = float(torch.linalg.vector_norm(r))
+                w.copy_(torch.randn(self.dim, generator=self.generator, dtype=torch.float64))
+                self._project_out(w, n)
+                self._project_out(w, n)
+                rn = self._norm(w)
                 if rn > 1e-8:
                     break
             else:
@@ -372,11 +381,13 @@ class _Chain:
             self._omega = self._reset_omega()  # r was projected out of the whole basis twice
             self._force_next = False
             if not self.done:
-                self._append(r / rn)
+                w.div_(rn)
+                self._n += 1
             return
         self.betas.append(beta)
         if not self.done:
-            self._append(w.div_(beta))
+            w.div_(beta)
+            self._n += 1
 
     def _reset_omega(self) -> np.ndarray:
         """Estimates for a vector just orthogonalised against the whole basis: rounding level, 1 on itself."""

@@ -685,7 +685,8 @@ class HessianOperator(_CurvatureBase):
                 [torch.zeros_like(p) if h is None else h for p, h in zip(leaves, hs, strict=True)]
             )
             if acc[0] is None:
-                acc[0] = flat.mul_(w / self.total_weight)
+                scale = w / self.total_weight
+                acc[0] = flat if scale == 1.0 else flat.mul_(scale)  # one batch: no pass over the vector
             else:
                 acc[0].add_(flat, alpha=w / self.total_weight)
 
