@@ -266,6 +266,10 @@ def block_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     ours = HessianOperator(model, [batch], ce_loss, mode="reuse", attention="off")
     bd = ours.block_diagonal()
     bvs = [v[ours.param_slice(b.param)] for b in bd.blocks]
+    from spectra.blocks import layer_blocks
+
+    bl = ours.block_diagonal(layer_blocks(ours))  # 2 composite layer blocks + 6 outside any layer
+    lvs = [ours.take(b, v) for b in bl.blocks]
     ours.matvec(v)
 
     def paper():  # "Why Transformers Need Adam": one full HVP per block with v zero outside the block
@@ -291,6 +295,7 @@ def block_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     runs: dict[str, Callable[[], object]] = {
         "bare reused HVP": bare,
         "ours block-diagonal": lambda: bd.matvec_many(bvs),
+        "ours block-diagonal, --blocks layer (8 blocks)": lambda: bl.matvec_many(lvs),
         "paper (zero-padded full HVPs)": paper,
         "eigenthings param_filter": eigenthings,
         "curvlinops block_sizes": lambda: cl @ v,
