@@ -100,26 +100,21 @@ class DistInfo:
         return asdict(self)
 
 
-def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
-    """``"auto"``: CUDA (``cuda:LOCAL_RANK`` under torchrun) when available, else CPU; ``"cuda"`` gets
-    the local rank's GPU; anything else is taken as a torch device string. Missing CUDA is an InputError."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if local_rank is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(None, "device 'cuda' requested but torch.cuda.is_available() is False")
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """:func:`spectra.devices.resolve_device` as a ``torch.device`` (``auto``/``cuda``: ``cuda:LOCAL_RANK``
+    under torchrun, missing CUDA an InputError); other torch device types are taken as they are."""
+    from spectra.devices import parse_device
+    from spectra.devices import resolve_device as resolve
+
+    spec = str(device)
     try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(None, f"unknown device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"device {device!r} requested but CUDA is not available")
-    return dev
+        parse_device(spec, "device")
+    except InputError:
+        try:
+            return torch.device(spec)
+        except RuntimeError as exc:
+            raise InputError(None, f"unknown device {spec!r}: {exc}") from None
+    return torch.device(resolve(spec, "device"))
 
 
 def init_distributed(
@@ -134,7 +129,7 @@ def init_distributed(
     if not dist.is_available():
         raise SpectraError("torch.distributed is not available in this PyTorch build")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if dist.is_initialized():
