@@ -558,28 +558,19 @@ def _bin_masses(edges: np.ndarray, x: np.ndarray, w: np.ndarray, sigma: float, w
 
 
 def _smooth(grid: np.ndarray, x: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
-    """Sum of weighted Gaussians at ``x`` evaluated on ``grid``, normalised to a probability vector."""
-    out = np.zeros(grid.size)
-    chunk = max(1, 4_000_000 // grid.size)
-    for i in range(0, x.size, chunk):
-        z = (grid[None, :] - x[i : i + chunk, None]) / sigma
-        out += w[i : i + chunk] @ np.exp(-0.5 * z * z)
+    """Sum of weighted Gaussians at ``x`` evaluated on ``grid`` (SLQ's kernel), as a probability vector."""
+    from spectra.quadrature import kernel_mixture
+
+    out = kernel_mixture(grid, x, w, sigma, "gaussian")
     total = out.sum()
     return out / total if total > 0 else np.full(grid.size, 1.0 / grid.size)
 
 
 def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon distance (square root of the divergence, log base 2) between probability vectors."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    p, q = p / p.sum(), q / q.sum()
-    m = 0.5 * (p + q)
-
-    def kl(a: np.ndarray) -> float:
-        nz = (a > 0) & (m > 0)
-        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
-
-    return float(math.sqrt(max(0.0, 0.5 * kl(p) + 0.5 * kl(q))))
+    return float(
+        js_matrix(np.stack([np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)]))[0, 1]
+    )
 
 
 def js_matrix(densities: np.ndarray) -> np.ndarray:

@@ -73,7 +73,7 @@ class SpectralDensity:
         )
 
 
-def _kernel_mixture(
+def kernel_mixture(
     grid: np.ndarray, nodes: np.ndarray, weights: np.ndarray, sigma: float, kind: str
 ) -> np.ndarray:
     """sum_j weights_j g_sigma(grid - nodes_j), evaluated in chunks of the grid."""
@@ -107,7 +107,7 @@ def exact_density(
     grid = np.asarray(grid, dtype=np.float64)
     w = np.full(lam.size, 1.0 / lam.size)
     return SpectralDensity(
-        grid, _kernel_mixture(grid, lam, w, float(sigma), kind), float(sigma), kind, lam.size
+        grid, kernel_mixture(grid, lam, w, float(sigma), kind), float(sigma), kind, lam.size
     )
 
 
@@ -162,7 +162,7 @@ class SLQResult:
             pad = GRID_MARGIN_SIGMAS * sigma
             grid = np.linspace(self.ritz_min - pad, self.ritz_max + pad, int(num_points))
         grid = np.asarray(grid, dtype=np.float64)
-        values = _kernel_mixture(grid, self.nodes, self.weights / self.num_probes, sigma, kind)
+        values = kernel_mixture(grid, self.nodes, self.weights / self.num_probes, sigma, kind)
         return SpectralDensity(grid, values, sigma, kind, self.dim)
 
     def to_dict(self) -> dict[str, Any]:
