@@ -168,3 +168,25 @@ def case_hessian(name: str) -> torch.Tensor:
         c = get_case(name)
         _HESSIANS[name] = exact_hessian(c.model, c.batches, c.loss or causal_lm_loss, weights=c.weights)
     return _HESSIANS[name]
+
+
+def planted_symmetric(lam: Any, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Q diag(lam) Q^T with a Haar-ish random Q, built in float64 then cast: a matrix of known spectrum."""
+    import numpy as np
+
+    lam = torch.as_tensor(np.asarray(lam, dtype=np.float64))
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
+    a = q @ torch.diag(lam) @ q.T
+    return ((a + a.T) / 2).to(dtype)
+
+
+def planted_singular(s: Any, n: int, m: int, seed: int = 0) -> torch.Tensor:
+    """U diag(s) V^T with random orthonormal U (n x k), V (m x k), k = len(s), in float64: known singular values."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    k = len(s)
+    u, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    return torch.from_numpy((u * s) @ v.T)

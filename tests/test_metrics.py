@@ -19,14 +19,7 @@ from spectra.metrics import (
 )
 from spectra.powerlaw import fit_power_law
 from spectra.svd import partial_singular_values, singular_values
-
-
-def planted(s: np.ndarray, n: int, m: int, seed: int = 0) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    k = len(s)
-    u, _ = np.linalg.qr(rng.standard_normal((n, k)))
-    v, _ = np.linalg.qr(rng.standard_normal((m, k)))
-    return torch.from_numpy((u * s) @ v.T)
+from tests.oracles import planted_singular as planted
 
 
 def brute_force_fit(lam: np.ndarray) -> tuple[float, float, float]:

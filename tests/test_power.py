@@ -12,15 +12,7 @@ from spectra.errors import ConvergenceWarning
 from spectra.krylov import lanczos
 from spectra.linop import DenseOperator
 from spectra.power import power_iteration
-
-
-def planted(lam, seed: int = 0) -> torch.Tensor:
-    lam = torch.as_tensor(np.asarray(lam, dtype=np.float64))
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
-    a = q @ torch.diag(lam) @ q.T
-    return (a + a.T) / 2
-
+from tests.oracles import planted_symmetric as planted
 
 BULK = np.random.default_rng(0).uniform(-0.3, 0.3, 200)
 

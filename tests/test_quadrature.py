@@ -18,15 +18,7 @@ from spectra.quadrature import (
     slq,
     slq_lockstep,
 )
-
-
-def planted(lam, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
-    lam = torch.as_tensor(np.asarray(lam, dtype=np.float64))
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
-    a = q @ torch.diag(lam) @ q.T
-    return ((a + a.T) / 2).to(dtype)
-
+from tests.oracles import planted_symmetric as planted
 
 RNG = np.random.default_rng(0)
 # MLP-Hessian-like: a bulk near zero (slightly skewed positive), a few outliers, some negative curvature

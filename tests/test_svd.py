@@ -16,15 +16,7 @@ from spectra.svd import (
     singular_values,
     singular_values_batched,
 )
-
-
-def planted(s: np.ndarray, n: int, m: int, seed: int = 0) -> torch.Tensor:
-    """U diag(s) V^T with random orthonormal U (n x k), V (m x k), k = len(s), in float64."""
-    rng = np.random.default_rng(seed)
-    k = len(s)
-    u, _ = np.linalg.qr(rng.standard_normal((n, k)))
-    v, _ = np.linalg.qr(rng.standard_normal((m, k)))
-    return torch.from_numpy((u * s) @ v.T)
+from tests.oracles import planted_singular as planted
 
 
 def svdvals(w: torch.Tensor) -> np.ndarray:

@@ -10,15 +10,7 @@ import torch
 
 from spectra.linop import DenseOperator
 from spectra.trace import hutchinson, hutchpp
-
-
-def planted(lam, seed: int = 0) -> torch.Tensor:
-    lam = torch.as_tensor(np.asarray(lam, dtype=np.float64))
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(lam.numel(), lam.numel(), generator=g, dtype=torch.float64))
-    a = q @ torch.diag(lam) @ q.T
-    return (a + a.T) / 2
-
+from tests.oracles import planted_symmetric as planted
 
 RNG = np.random.default_rng(1)
 LAM = np.r_[
