@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -107,6 +108,27 @@ def split_like(v: torch.Tensor, params) -> list[torch.Tensor]:
     return out
 
 
+@dataclass
+class BareHVP:
+    """The floor every reuse-type tool is compared with: one ``autograd.grad(grads, params, v)`` on a
+    first-order graph built once (``v``: a fixed unit vector, ``vs``: its per-parameter views)."""
+
+    params: list[torch.Tensor]
+    v: torch.Tensor
+    vs: list[torch.Tensor]
+    grads: tuple[torch.Tensor, ...]
+
+    def __call__(self):
+        return torch.autograd.grad(self.grads, self.params, self.vs, retain_graph=True)
+
+
+def bare_hvp(model: nn.Module, batch) -> BareHVP:
+    params = params_of(model)
+    v = unit_vector(sum(p.numel() for p in params), 0)
+    grads = torch.autograd.grad(ce_loss(model, batch), params, create_graph=True)
+    return BareHVP(params, v, split_like(v, params), grads)
+
+
 def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -126,18 +148,9 @@ def hvp_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     from spectra.krylov import lanczos
     from spectra.operators import HessianOperator
 
-    params = params_of(model)
-    n = sum(p.numel() for p in params)
-    v = unit_vector(n, 0)
-    vs = split_like(v, params)
+    bare = bare_hvp(model, batch)
+    params, v, vs = bare.params, bare.v, bare.vs
     x, y = batch
-
-    # bare reused-graph HVP: the floor every reuse-type tool is compared with
-    loss = ce_loss(model, batch)
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-
-    def bare():
-        return torch.autograd.grad(grads, params, vs, retain_graph=True)
 
     def gradient():
         return torch.autograd.grad(ce_loss(model, batch), params)
@@ -209,14 +222,8 @@ def lanczos_step_pairs(model, batch, runs: int, steps: int = 12) -> dict[str, di
     from spectra.krylov import lanczos
     from spectra.operators import HessianOperator
 
-    params = params_of(model)
-    n = sum(p.numel() for p in params)
-    v = unit_vector(n, 0)
-    vs = split_like(v, params)
-    grads = torch.autograd.grad(ce_loss(model, batch), params, create_graph=True)
-
-    def bare():
-        return torch.autograd.grad(grads, params, vs, retain_graph=True)
+    bare = bare_hvp(model, batch)
+    v = bare.v
 
     ours = HessianOperator(model, [batch], ce_loss, mode="reuse", attention="off")
     ours.matvec(v)
@@ -251,17 +258,10 @@ def block_costs(model, batch, repeats: int) -> dict[str, list[float]]:
 
     from spectra.operators import HessianOperator
 
-    params = params_of(model)
+    bare = bare_hvp(model, batch)
+    params, v, vs, grads = bare.params, bare.v, bare.vs, bare.grads
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    n = sum(p.numel() for p in params)
-    v = unit_vector(n, 0)
-    vs = split_like(v, params)
     x, y = batch
-    loss = ce_loss(model, batch)
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-
-    def bare():
-        return torch.autograd.grad(grads, params, vs, retain_graph=True)
 
     ours = HessianOperator(model, [batch], ce_loss, mode="reuse", attention="off")
     bd = ours.block_diagonal()
