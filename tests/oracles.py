@@ -59,6 +59,18 @@ def _math_sdpa():
     return sdpa_kernel(SDPBackend.MATH)
 
 
+class _Call(nn.Module):
+    """``fn(model, batch)`` as a module, so ``functional_call`` can swap the model's parameters."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Any], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, batch: Any) -> Any:
+        return self.fn(self.model, batch)
+
+
 def exact_hessian(
     model: nn.Module,
     batches: Sequence[Any],
@@ -74,15 +86,7 @@ def exact_hessian(
     w = _weights(batches, weights)
     W = sum(w)
 
-    class Wrap(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = m
-
-        def forward(self, batch: Any) -> torch.Tensor:
-            return loss(self.model, batch)
-
-    wrap = Wrap()
+    wrap = _Call(m, loss)
 
     def f(th: torch.Tensor) -> torch.Tensor:
         d = {f"model.{k}": v for k, v in frozen.items()}
@@ -121,15 +125,7 @@ def exact_ggn(
     w = _weights(batches, weights)
     W = sum(w)
 
-    class Wrap(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = m
-
-        def forward(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            return forward(self.model, batch)
-
-    wrap = Wrap()
+    wrap = _Call(m, forward)
     G = torch.zeros(theta.numel(), theta.numel(), dtype=dtype)
     with _math_sdpa():
         for b, wb in zip(batches, w, strict=True):
