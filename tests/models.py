@@ -243,6 +243,15 @@ _BUILDERS = {
 _CACHE: dict[str, Case] = {}
 
 
+#: (case, loss) pairs with a Gauss-Newton oracle: the GGN tests of the operator and of the algorithms.
+GGN_CASES = [
+    ("mlp", "cross_entropy"),
+    ("mlp-mse", "mse"),
+    ("sdpa-lm", "cross_entropy"),
+    ("gpt2", "cross_entropy"),
+]
+
+
 def get_case(name: str) -> Case:
     """A cached zoo case (tests must not mutate it; they check that the code under test does not)."""
     if name not in _CACHE:

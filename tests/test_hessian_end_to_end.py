@@ -25,7 +25,7 @@ from spectra.operators import GGNOperator, HessianOperator, output_and_target
 from spectra.power import power_iteration
 from spectra.quadrature import density_l1, exact_density, slq, slq_lockstep
 from spectra.trace import hutchinson, hutchpp
-from tests.models import get_case
+from tests.models import GGN_CASES, get_case
 from tests.oracles import case_hessian, exact_ggn, exact_hessian
 
 
@@ -280,12 +280,6 @@ def test_every_call_leaves_model_unchanged_and_is_bitwise_reproducible(name):
 
 
 # ------------------------------------------------------------------------------ GGN
-GGN_CASES = [
-    ("mlp", "cross_entropy"),
-    ("mlp-mse", "mse"),
-    ("sdpa-lm", "cross_entropy"),
-    ("gpt2", "cross_entropy"),
-]
 
 
 @pytest.mark.parametrize("name,loss", GGN_CASES)

@@ -11,7 +11,7 @@ from spectra.errors import InputError
 from spectra.guards import model_state_hash, training_flags
 from spectra.linop import LinearOperator
 from spectra.operators import GGNOperator, HessianOperator, output_and_target
-from tests.models import get_case, random_vector
+from tests.models import GGN_CASES, get_case, random_vector
 from tests.oracles import case_hessian, exact_ggn, exact_hessian, rel_err
 
 CASES = ["mlp", "mlp-mse", "cnn-bn", "sdpa-lm", "encoder-layer", "indefinite", "gpt2", "llama"]
@@ -256,12 +256,6 @@ def test_indefinite_case_has_comparable_extremes():
 
 
 # ------------------------------------------------------------------------------ GGN
-GGN_CASES = [
-    ("mlp", "cross_entropy"),
-    ("mlp-mse", "mse"),
-    ("sdpa-lm", "cross_entropy"),
-    ("gpt2", "cross_entropy"),
-]
 
 
 @pytest.mark.parametrize("name,loss", GGN_CASES)
