@@ -80,11 +80,9 @@ def test_analyze_takes_the_same_blocks_option(tmp_path, capsys):
 
 def test_hessian_on_a_model_folder_with_adam_mini_blocks(tmp_path, capsys):
     from analyses.partition import partition_checkpoint
-    from tests.test_hf_workload import WORDS, _tiny_gpt2_dir
+    from tests.test_hf_workload import tiny_gpt2_workload
 
-    folder = _tiny_gpt2_dir(tmp_path / "gpt2")
-    text = tmp_path / "data.txt"
-    text.write_text("\n".join(" ".join(WORDS[i : i + 6]) for i in range(0, len(WORDS) - 6)) + "\n")
+    folder, text = tiny_gpt2_workload(tmp_path)
     capsys.readouterr()
     out = tmp_path / "out"
     code, _, err = run_cli(

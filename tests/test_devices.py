@@ -251,13 +251,11 @@ def test_bf16_hvps_with_float32_basis_against_the_exact_float64_hessian():
 # ---------------------------------------------------------------------------------------------- HF loading
 @pytest.fixture()
 def gpt2_dir(tmp_path, capsys):
-    from tests.test_hf_workload import WORDS, _tiny_gpt2_dir
+    from tests.test_hf_workload import tiny_gpt2_workload
 
-    folder = _tiny_gpt2_dir(tmp_path / "gpt2")
-    text = tmp_path / "data.txt"
-    text.write_text("\n".join(" ".join(WORDS[i : i + 6]) for i in range(0, len(WORDS) - 6)) + "\n")
+    out = tiny_gpt2_workload(tmp_path)
     capsys.readouterr()
-    return folder, text
+    return out
 
 
 def test_hf_loads_in_the_config_dtype_unless_asked(gpt2_dir, tmp_path):

@@ -45,13 +45,19 @@ def _tiny_gpt2_dir(path):
     return path
 
 
-@pytest.fixture()
-def gpt2_folder(tmp_path, capsys):
+def tiny_gpt2_workload(tmp_path):
+    """A tiny GPT-2 folder (config, weights, tokenizer) and a text file of its words, under ``tmp_path``."""
     folder = _tiny_gpt2_dir(tmp_path / "gpt2")
     text = tmp_path / "data.txt"
     text.write_text("\n".join(" ".join(WORDS[i : i + 6]) for i in range(0, len(WORDS) - 6)) + "\n")
-    capsys.readouterr()
     return folder, text
+
+
+@pytest.fixture()
+def gpt2_folder(tmp_path, capsys):
+    out = tiny_gpt2_workload(tmp_path)
+    capsys.readouterr()
+    return out
 
 
 def test_hf_workload_loss_is_the_models_own_causal_lm_loss(gpt2_folder):
