@@ -2,45 +2,45 @@
 
 from __future__ import annotations
 
-from spectra._lazy import lazy_exports
+from hessian_spectra._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     # block heterogeneity ("Why Transformers Need Adam")
-    "BlockSpectrum": "analyses.heterogeneity",
-    "JSConvention": "analyses.heterogeneity",
-    "HeterogeneityReport": "analyses.heterogeneity",
-    "analyze_heterogeneity": "analyses.heterogeneity",
-    "spectra_from_hessian": "analyses.heterogeneity",
-    "js_distance": "analyses.heterogeneity",
-    "js_matrix": "analyses.heterogeneity",
+    "BlockSpectrum": "hessian_spectra.analyses.heterogeneity",
+    "JSConvention": "hessian_spectra.analyses.heterogeneity",
+    "HeterogeneityReport": "hessian_spectra.analyses.heterogeneity",
+    "analyze_heterogeneity": "hessian_spectra.analyses.heterogeneity",
+    "spectra_from_hessian": "hessian_spectra.analyses.heterogeneity",
+    "js_distance": "hessian_spectra.analyses.heterogeneity",
+    "js_matrix": "hessian_spectra.analyses.heterogeneity",
     # Hessian structure and Adam-mini partitions
-    "mass_share": "analyses.structure",
-    "verify_partition": "analyses.structure",
-    "VerifyReport": "analyses.structure",
-    "Partition": "analyses.partition",
-    "partition_model": "analyses.partition",
-    "partition_checkpoint": "analyses.partition",
-    "write_partition": "analyses.partition",
-    "read_partition": "analyses.partition",
-    "block_views": "analyses.partition",
-    "adam_mini_config": "analyses.partition",
-    "make_adam_mini": "analyses.partition",
-    "adam_mini_blocks": "analyses.blockings",
+    "mass_share": "hessian_spectra.analyses.structure",
+    "verify_partition": "hessian_spectra.analyses.structure",
+    "VerifyReport": "hessian_spectra.analyses.structure",
+    "Partition": "hessian_spectra.analyses.partitions.partition",
+    "partition_model": "hessian_spectra.analyses.partitions.partition",
+    "partition_checkpoint": "hessian_spectra.analyses.partitions.partition",
+    "write_partition": "hessian_spectra.analyses.partitions.partition",
+    "read_partition": "hessian_spectra.analyses.partitions.partition",
+    "block_views": "hessian_spectra.analyses.partitions.partition",
+    "adam_mini_config": "hessian_spectra.analyses.partitions.partition",
+    "make_adam_mini": "hessian_spectra.analyses.partitions.partition",
+    "adam_mini_blocks": "hessian_spectra.analyses.partitions.blockings",
     # PC layer and spectral clipping
-    "apply_pc": "analyses.pc_layer",
-    "predicted_singular_values": "analyses.pc_layer",
-    "merge_pc": "analyses.pc_layer",
-    "merge_pc_state_dict": "analyses.pc_layer",
-    "convert_to_pc": "analyses.pc_layer",
-    "hard_clip": "analyses.clipping",
-    "soft_clip": "analyses.clipping",
-    "soft_clip_exact": "analyses.clipping",
-    "newton_schulz_steps": "analyses.clipping",
-    "recommend": "analyses.recommendations",
-    "Recommendations": "analyses.recommendations",
-    "render_markdown": "analyses.recommendations",
+    "apply_pc": "hessian_spectra.analyses.advice.pc_layer",
+    "predicted_singular_values": "hessian_spectra.analyses.advice.pc_layer",
+    "merge_pc": "hessian_spectra.analyses.advice.pc_layer",
+    "merge_pc_state_dict": "hessian_spectra.analyses.advice.pc_layer",
+    "convert_to_pc": "hessian_spectra.analyses.advice.pc_layer",
+    "hard_clip": "hessian_spectra.analyses.advice.clipping",
+    "soft_clip": "hessian_spectra.analyses.advice.clipping",
+    "soft_clip_exact": "hessian_spectra.analyses.advice.clipping",
+    "newton_schulz_steps": "hessian_spectra.analyses.advice.clipping",
+    "recommend": "hessian_spectra.analyses.advice.recommendations",
+    "Recommendations": "hessian_spectra.analyses.advice.recommendations",
+    "render_markdown": "hessian_spectra.analyses.advice.recommendations",
     # models and data from the command line
-    "load_factory": "analyses.data",
+    "load_factory": "hessian_spectra.analyses.workloads",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hessian_spectra.curvature.losses import cross_entropy
 from torch import nn
-
-from spectra.data import cross_entropy
 
 __all__ = [
     "TinyGPT",

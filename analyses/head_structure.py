@@ -3,7 +3,7 @@
 For each attention projection, the share of the squared Frobenius mass of its diagonal Hessian block
 that lies inside per-head sub-blocks (rows of one head for Q/K/V in ``nn.Linear`` ``(out, in)`` layout,
 columns of one head for the output projection; transposed for GPT-2's ``Conv1D``), against random
-partitions with the same block sizes (:mod:`analyses.structure` does the counting). Columns of the
+partitions with the same block sizes (:mod:`hessian_spectra.analyses.structure` does the counting). Columns of the
 block are exact Hessian-vector products: all of them when the tensor has at most ``max_columns``
 coordinates (``exact=True``), else whole heads sampled at random (an estimate, flagged).
 """
@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from hessian_spectra.analyses.structure import _pick_columns, mass_share, random_shares
+from hessian_spectra.io import json_safe
 from torch import nn
-
-from analyses.structure import _pick_columns, mass_share, random_shares
-from spectra.io import json_safe
 
 __all__ = ["HeadCheck", "HeadStructureReport", "head_labels", "attention_heads", "head_structure"]
 
@@ -124,8 +123,8 @@ def head_structure(
     seed: int = 0,
 ) -> HeadStructureReport:
     """Per-head mass share of every recognised attention projection (see the module docstring)."""
-    from spectra.operators import HessianOperator
-    from spectra.roles import tensor_role
+    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.weights.roles import tensor_role
 
     types = _module_types(model)
     named = dict(model.named_parameters())

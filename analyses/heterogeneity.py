@@ -89,8 +89,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-
-from spectra.io import json_safe
+from hessian_spectra.io import json_safe
 
 __all__ = [
     "BlockSpectrum",
@@ -117,7 +116,7 @@ __all__ = [
     "spectra_from_hessian",
 ]
 
-#: Groups the drivers analysis reports (from :func:`spectra.roles.tensor_role` and the block kind).
+#: Groups the drivers analysis reports (from :func:`hessian_spectra.weights.roles.tensor_role` and the block kind).
 GROUPS = ("qk", "v", "attn_out", "mlp", "embedding", "norm", "bias", "conv", "output", "other")
 
 
@@ -216,12 +215,12 @@ def block_layer(name: str) -> int | None:
 
 
 def block_group(name: str) -> str:
-    """The block group (:data:`GROUPS`) a block name belongs to, via :func:`spectra.roles.tensor_role`.
+    """The block group (:data:`GROUPS`) a block name belongs to, via :func:`hessian_spectra.weights.roles.tensor_role`.
 
-    Head/part suffixes written by :mod:`spectra.blocks` (``...q_proj.weight[head 0]``, ``:q``) are honoured:
+    Head/part suffixes written by :mod:`hessian_spectra.curvature.blocks` (``...q_proj.weight[head 0]``, ``:q``) are honoured:
     a Q or K part of a fused QKV tensor is ``qk``, a V part ``v``.
     """
-    from spectra.roles import tensor_role
+    from hessian_spectra.weights.roles import tensor_role
 
     base = name.split("[")[0].split(":")[0].split("#")[0].split("@")[0].strip()
     lowered = name.lower()
@@ -559,7 +558,7 @@ def _bin_masses(edges: np.ndarray, x: np.ndarray, w: np.ndarray, sigma: float, w
 
 def _smooth(grid: np.ndarray, x: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
     """Sum of weighted Gaussians at ``x`` evaluated on ``grid`` (SLQ's kernel), as a probability vector."""
-    from spectra.quadrature import kernel_mixture
+    from hessian_spectra.krylov.slq import kernel_mixture
 
     out = kernel_mixture(grid, x, w, sigma, "gaussian")
     total = out.sum()
@@ -713,7 +712,7 @@ SHAPE_JS_THRESHOLD = 0.4
 
 
 def spectra_from_hessian(report: Any) -> list[BlockSpectrum]:
-    """Block spectra from a :class:`spectra.hessian_probe.HessianReport` (or its ``to_dict()``)."""
+    """Block spectra from a :class:`hessian_spectra.curvature.probe.HessianReport` (or its ``to_dict()``)."""
     rows = report["blocks"] if isinstance(report, dict) else report.to_dict()["blocks"]
     return [
         BlockSpectrum.from_slq(

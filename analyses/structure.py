@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
+from hessian_spectra.analyses.partitions.partition import Partition, rule_views
+from hessian_spectra.analyses.partitions.rules import BlockRule, make_rule
 from torch import nn
-
-from analyses.partition import Partition, rule_views
-from analyses.partition_rules import BlockRule, make_rule
 
 #: Default pass rule: the partition must remove at least half of the mass a random one leaves off-block.
 MIN_EXCESS = 0.5
@@ -139,7 +138,7 @@ class _Columns:
         self.num_hvps = 0
 
     def __call__(self, name: str, cols: torch.Tensor, n: int) -> torch.Tensor:
-        from spectra.operators import HessianOperator
+        from hessian_spectra.curvature.operators import HessianOperator
 
         op = HessianOperator(self.model, self.batches, self.loss, params=[name], dtype=self.dtype)
         E = torch.zeros(n, cols.numel(), dtype=op.dtype, device=op.device)

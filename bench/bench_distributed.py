@@ -1,4 +1,4 @@
-"""Benchmark spectra.distributed: 1 vs N torchrun processes (gloo on CPU, NCCL on GPU).
+"""Benchmark hessian_spectra.parallel.distributed: 1 vs N torchrun processes (gloo on CPU, NCCL on GPU).
 
 Run:  python bench/bench_distributed.py [--nprocs 1 2] [--repeats 2] [--device auto]
 
@@ -59,14 +59,12 @@ def _canon_weights(report: dict) -> str:
 
 def worker(args: argparse.Namespace) -> int:
     import torch
-
-    sys.path.insert(0, str(ROOT))
-    from spectra import distributed as D
-    from spectra.blocks import parameter_blocks
-    from spectra.data import cross_entropy
-    from spectra.operators import HessianOperator
-    from spectra.quadrature import slq_lockstep
-    from spectra.weights import WeightsSettings
+    from hessian_spectra.curvature.blocks import parameter_blocks
+    from hessian_spectra.curvature.losses import cross_entropy
+    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.krylov.slq import slq_lockstep
+    from hessian_spectra.parallel import distributed as D
+    from hessian_spectra.weights.probe import WeightsSettings
 
     torch.set_num_threads(1)
     info = D.init_distributed(device=args.device, timeout_s=600)
@@ -126,7 +124,7 @@ def run_job(nproc: int, device: str) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
         cmd += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
         cmd += [str(Path(__file__).resolve()), "--worker", "--out", str(out), "--device", device]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{HERE}")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE))
         t = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         wall = time.perf_counter() - t

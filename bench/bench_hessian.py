@@ -32,8 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 VOCAB, D, HEADS, LAYERS, SEQ, BATCH = 1000, 256, 4, 2, 128, 4
 
@@ -143,10 +141,9 @@ def loadavg() -> str:
 def hvp_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     from curvlinops import HessianLinearOperator
     from hessian_eigenthings import HessianOperator as ETHessian
+    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.krylov.lanczos import lanczos
     from pyhessian import hessian as PyHessian
-
-    from spectra.krylov import lanczos
-    from spectra.operators import HessianOperator
 
     bare = bare_hvp(model, batch)
     params, v, vs = bare.params, bare.v, bare.vs
@@ -219,8 +216,8 @@ def lanczos_step_pairs(model, batch, runs: int, steps: int = 12) -> dict[str, di
     HVP next to it, so slow phases of a shared machine hit both sides of a ratio. Step 1 (start-up:
     start vector, allocations) is dropped; steps 2..``steps`` of ``runs`` runs per policy are kept.
     """
-    from spectra.krylov import lanczos
-    from spectra.operators import HessianOperator
+    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.krylov.lanczos import lanczos
 
     bare = bare_hvp(model, batch)
     v = bare.v
@@ -255,8 +252,7 @@ def lanczos_step_pairs(model, batch, runs: int, steps: int = 12) -> dict[str, di
 def block_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     from curvlinops import HessianLinearOperator
     from hessian_eigenthings import HessianOperator as ETHessian
-
-    from spectra.operators import HessianOperator
+    from hessian_spectra.curvature.operators import HessianOperator
 
     bare = bare_hvp(model, batch)
     params, v, vs, grads = bare.params, bare.v, bare.vs, bare.grads
@@ -266,7 +262,7 @@ def block_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     ours = HessianOperator(model, [batch], ce_loss, mode="reuse", attention="off")
     bd = ours.block_diagonal()
     bvs = [v[ours.param_slice(b.param)] for b in bd.blocks]
-    from spectra.blocks import layer_blocks
+    from hessian_spectra.curvature.blocks import layer_blocks
 
     bl = ours.block_diagonal(layer_blocks(ours))  # 2 composite layer blocks + 6 outside any layer
     lvs = [ours.take(b, v) for b in bl.blocks]
@@ -315,15 +311,15 @@ def top_eigenvalue(tool: str, model, batch, *, steps_hint: int | None = None) ->
     x, y = batch
     t0 = time.perf_counter()
     if tool == "ours":
-        from spectra.krylov import lanczos
-        from spectra.operators import HessianOperator
+        from hessian_spectra.curvature.operators import HessianOperator
+        from hessian_spectra.krylov.lanczos import lanczos
 
         op = HessianOperator(model, [batch], ce_loss, attention="off")
         r = lanczos(op, 1, which="largest", tol=1e-3, seed=0)
         out = {"value": r.lambda_max, "hvps": r.num_matvecs, "converged": r.converged}
     elif tool == "reference":
-        from spectra.krylov import lanczos
-        from spectra.operators import HessianOperator
+        from hessian_spectra.curvature.operators import HessianOperator
+        from hessian_spectra.krylov.lanczos import lanczos
 
         op = HessianOperator(model, [batch], ce_loss, attention="off")
         with warnings.catch_warnings():
@@ -388,12 +384,12 @@ def top_eigenvalue(tool: str, model, batch, *, steps_hint: int | None = None) ->
 # ====================================================================== memory (fresh subprocess)
 MEM_CHILD = r"""
 import sys, json, warnings
-sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+sys.path.insert(0, {bench!r})
 import torch
 torch.set_num_threads(1)
 warnings.simplefilter("ignore")
 import bench_hessian as b
-import curvlinops, hessian_eigenthings, pyhessian, spectra.operators, spectra.krylov, scipy.sparse.linalg
+import curvlinops, hessian_eigenthings, pyhessian, hessian_spectra.curvature.operators, hessian_spectra.krylov.lanczos, scipy.sparse.linalg
 model, batch = b.setup()
 b.ce_loss(model, batch)
 def status(key):
@@ -410,7 +406,7 @@ print("RESULT", json.dumps(out))
 
 
 def peak_memory(tool: str, steps: int | None) -> dict:
-    code = MEM_CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), tool=tool, steps=steps)
+    code = MEM_CHILD.format(bench=str(ROOT / "bench"), tool=tool, steps=steps)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):

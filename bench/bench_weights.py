@@ -41,10 +41,10 @@ print(json.dumps({"import": t1 - t0, "load": t2 - t1, "compute": t3 - t2, "layer
 
 SPECTRA_COMPUTE_SCRIPT = r"""
 import json, sys, time
-from spectra.checkpoint import open_checkpoint
-from spectra.matrices import plan_tensor, extract_matrices
-from spectra.svd import singular_values
-from spectra.metrics import compute_metrics
+from hessian_spectra.checkpoints.reader import open_checkpoint
+from hessian_spectra.checkpoints.matrices import plan_tensor, extract_matrices
+from hessian_spectra.weights.svd import singular_values
+from hessian_spectra.weights.metrics import compute_metrics
 views = []
 with open_checkpoint(sys.argv[1]) as ck:
     for name in ck.names():
@@ -83,7 +83,7 @@ def run_process(cmd: list[str], env: dict | None = None) -> tuple[float, float, 
 
 def spectra_cmd(model: Path, out: Path) -> list[str]:
     exe = shutil.which("spectra") or ""
-    base = [exe] if exe else [sys.executable, "-m", "cli.main"]
+    base = [exe] if exe else [sys.executable, "-m", "hessian_spectra.cli.main"]
     return [*base, "weights", str(model), "--out", str(out), "--quiet"]
 
 

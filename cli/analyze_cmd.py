@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from cli import options as o
-from cli.console import err_console, out_console, progress_bar
-from spectra.errors import InputError
+from hessian_spectra.cli import options as o
+from hessian_spectra.cli.console import err_console, out_console, progress_bar
+from hessian_spectra.errors import InputError
 
 
 def run_analysis(model, batches, loss, settings, options, *, source: str, weights_source=None, quiet: bool,
                  label: str = "analyze", extra=None, kind: str = "analyze"):  # fmt: skip
-    """Run :func:`analyses.report.analyze_model` with the cost estimate printed first and progress bars."""
-    from analyses.report import analyze_model
+    """Run :func:`hessian_spectra.analyses.report.report.analyze_model` with the cost estimate printed first and progress bars."""
+    from hessian_spectra.analyses.report.report import analyze_model
 
     def announce(cost) -> None:
         if not quiet:
@@ -35,7 +34,7 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
                     device_map: str | None = None) -> dict:  # fmt: skip
     """Load the workload (factory or HF directory), analyse, write the report folder atomically.
     ``kind="hessian"`` (with every non-Hessian option off) is `spectra hessian`."""
-    from analyses.report import write_report
+    from hessian_spectra.analyses.report.report import write_report
 
     settings.validate()
     if (factory is None) == (model_dir is None):
@@ -43,7 +42,7 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
             "MODEL", "give either a Hugging Face model directory or --model-factory module:function"
         )
     if factory is not None:
-        from analyses.data import load_factory
+        from hessian_spectra.analyses.workloads import load_factory
 
         if device_map is not None:
             raise InputError(
@@ -52,7 +51,7 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
         work = load_factory(factory, weights, device=device)
         weights_source = None  # the live module (with the loaded weights)
     else:
-        from analyses.data import load_hf_workload
+        from hessian_spectra.analyses.workloads import load_hf_workload
 
         if data is None:
             raise InputError("--data", "a text or JSONL file is required with a model directory")
@@ -111,7 +110,7 @@ def analyze(
     quiet: o.Quiet = False,
 ) -> None:
     """The full report: Hessian spectra, block heterogeneity, head structure, weight spectra, recommendations."""
-    from analyses.report import AnalyzeOptions
+    from hessian_spectra.analyses.report.report import AnalyzeOptions
 
     if optimizer.lower() not in ("adamw", "muon"):
         raise InputError("--optimizer", f"must be adamw or muon, got {optimizer!r}")

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from cli.console import out_console
+from hessian_spectra.cli.console import out_console
 
 
 def run_demo(
@@ -26,12 +25,11 @@ def run_demo(
     import time
 
     import torch
-
-    from analyses.demo import DemoBudget, demo_cases
-    from analyses.report import AnalyzeOptions, write_report
-    from cli.analyze_cmd import run_analysis
-    from spectra.hessian_probe import HessianSettings
-    from spectra.io import atomic_write_text, staged_directory
+    from hessian_spectra.analyses.demo import DemoBudget, demo_cases
+    from hessian_spectra.analyses.report.report import AnalyzeOptions, write_report
+    from hessian_spectra.cli.analyze_cmd import run_analysis
+    from hessian_spectra.curvature.probe import HessianSettings
+    from hessian_spectra.io import atomic_write_text, staged_directory
 
     started = time.perf_counter()
     budget = DemoBudget.reduced() if reduced else DemoBudget()

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from cli import options as o
-from cli.analyze_cmd import run_analyze_cmd
+from hessian_spectra.cli import options as o
+from hessian_spectra.cli.analyze_cmd import run_analyze_cmd
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +42,7 @@ def hessian(
     quiet: o.Quiet = False,
 ) -> None:
     """Hessian spectra alone: top/bottom eigenvalues, density and trace, block spectra and heterogeneity."""
-    from analyses.report import AnalyzeOptions
+    from hessian_spectra.analyses.report.report import AnalyzeOptions
 
     settings = o.hessian_settings(
         batches=batches, top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps,

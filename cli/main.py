@@ -1,6 +1,6 @@
 """The ``spectra`` command line: parses arguments, wires the probes, shows progress, writes files.
 
-No maths lives here. Every error the tool raises on purpose (:class:`spectra.errors.SpectraError`) is
+No maths lives here. Every error the tool raises on purpose (:class:`hessian_spectra.errors.SpectraError`) is
 printed as one line naming the file and the problem, with exit code 2, and no partial output.
 """
 
@@ -9,8 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
-
-from cli.console import err_console, fail, progress_bar
+from hessian_spectra.cli.console import err_console, fail, progress_bar
 
 app = typer.Typer(
     name="spectra",
@@ -24,7 +23,7 @@ app = typer.Typer(
 @app.command()
 def version() -> None:
     """Print the versions of hessian-spectra and its main dependencies."""
-    from spectra.weights import provenance
+    from hessian_spectra.weights.probe import provenance
 
     info = provenance(seed=0)
     for key in ("tool_version", "python", "torch", "numpy", "scipy"):
@@ -33,7 +32,14 @@ def version() -> None:
 
 def _register_commands() -> None:
     """Each command lives in its own module with a ``register(app)`` function; add new ones here."""
-    from cli import analyze_cmd, demo_cmd, hessian_cmd, partition_cmd, recommend_cmd, weights_cmd
+    from hessian_spectra.cli import (
+        analyze_cmd,
+        demo_cmd,
+        hessian_cmd,
+        partition_cmd,
+        recommend_cmd,
+        weights_cmd,
+    )
 
     for module in (weights_cmd, hessian_cmd, analyze_cmd, demo_cmd, recommend_cmd, partition_cmd):
         module.register(app)
@@ -44,7 +50,7 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning deliberate errors into one-line messages."""
-    from spectra.errors import SpectraError
+    from hessian_spectra.errors import SpectraError
 
     try:
         app(args=argv, prog_name="spectra", standalone_mode=True)

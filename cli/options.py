@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-
-from spectra.errors import InputError
+from hessian_spectra.errors import InputError
 
 BLOCKS_HELP = "Hessian blocks: tensor, head (Q/K/V per head), layer (all tensors of a layer) or adam-mini."
 MAX_BLOCKS_HELP = "With --blocks adam-mini: evenly spaced blocks kept per tensor (0: every block)."
@@ -62,7 +61,7 @@ def hessian_settings(
     max_blocks_per_tensor: int, heads: int | None, dtype: str | None, seed: int,
 ):  # fmt: skip
     """The HessianSettings of a command line (checked: InputError naming the bad flag)."""
-    from spectra.hessian_probe import HessianSettings
+    from hessian_spectra.curvature.probe import HessianSettings
 
     if batches < 0:
         raise InputError("--batches", f"must be >= 0, got {batches}")
@@ -75,11 +74,11 @@ def hessian_settings(
 def resolve_placement(device: str, device_map: str | None) -> tuple[str | None, str | None]:
     """``(device, device_map)`` from --device/--device-map, checked before any work (InputError naming
     the flag): a device string such as ``"cuda:0"`` and no map, or no device and the map."""
-    from spectra.devices import parse_device, resolve_device
+    from hessian_spectra.parallel.devices import parse_device, resolve_device
 
     if device_map is None:
         return resolve_device(device, "--device"), None
-    from analyses.data import DEVICE_MAPS
+    from hessian_spectra.analyses.workloads import DEVICE_MAPS
 
     if device_map not in DEVICE_MAPS:
         raise InputError("--device-map", f"unknown device map {device_map!r}: use {' or '.join(DEVICE_MAPS)}")

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from cli.console import err_console, out_console
-from spectra.errors import InputError
+from hessian_spectra.cli.console import err_console, out_console
+from hessian_spectra.errors import InputError
 
 
 def run_partition(
@@ -25,8 +24,8 @@ def run_partition(
     quiet: bool,
 ) -> dict[str, Any]:
     """Partition a HF checkpoint folder or a ``--model-factory`` model; write partition.json atomically."""
-    from analyses.partition import partition_checkpoint, partition_model
-    from spectra.io import atomic_write_json
+    from hessian_spectra.analyses.partitions.partition import partition_checkpoint, partition_model
+    from hessian_spectra.io import atomic_write_json
 
     if (model is None) == (factory is None):
         raise InputError(
@@ -36,7 +35,7 @@ def run_partition(
         raise InputError(out, "--out must name a .json file")
     work = None
     if factory is not None:
-        from analyses.data import load_factory
+        from hessian_spectra.analyses.workloads import load_factory
 
         work = load_factory(factory, weights)
         partition = partition_model(work.model)
@@ -48,7 +47,7 @@ def run_partition(
         partition = partition_checkpoint(path)
         source = str(path)
         if verify and data is not None:
-            from analyses.data import load_hf_workload
+            from hessian_spectra.analyses.workloads import load_hf_workload
 
             work = load_hf_workload(path, data, task=task, seed=seed)
     doc: dict[str, Any]
@@ -57,7 +56,7 @@ def run_partition(
             raise InputError(
                 model, "--verify needs data: add --data FILE (text/JSONL), or use --model-factory"
             )
-        from analyses.structure import verify_partition
+        from hessian_spectra.analyses.structure import verify_partition
 
         if not quiet:
             err_console().print("verifying block rules against the Hessian (exact columns where small) ...")
@@ -69,7 +68,7 @@ def run_partition(
         doc["verify"] = report.to_dict()
     else:
         doc = partition.to_dict()
-    from spectra.weights import provenance
+    from hessian_spectra.weights.probe import provenance
 
     doc["source"] = source
     doc["provenance"] = provenance(seed)

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from cli.console import out_console, progress_bar
-from spectra.errors import InputError
+from hessian_spectra.cli.console import out_console, progress_bar
+from hessian_spectra.errors import InputError
 
 
 def load_hessian_blocks(path: Path) -> dict[str, dict[str, float]]:
@@ -47,9 +46,13 @@ def run_recommend(
     quiet: bool,
 ) -> dict[str, Any]:
     """Weights probe -> recommendations; write recommendations.json + recommendations.md atomically."""
-    from analyses.recommendations import inputs_from_weights_report, recommend, render_markdown
-    from spectra.io import atomic_write_json, atomic_write_text, staged_directory
-    from spectra.weights import WeightsSettings, analyze_weights, provenance
+    from hessian_spectra.analyses.advice.recommendations import (
+        inputs_from_weights_report,
+        recommend,
+        render_markdown,
+    )
+    from hessian_spectra.io import atomic_write_json, atomic_write_text, staged_directory
+    from hessian_spectra.weights.probe import WeightsSettings, analyze_weights, provenance
 
     if optimizer.lower() not in ("adamw", "muon"):
         raise InputError("--optimizer", f"must be adamw or muon, got {optimizer!r}")

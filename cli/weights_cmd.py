@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from cli.console import out_console, progress_bar
-from spectra.errors import InputError
+from hessian_spectra.cli.console import out_console, progress_bar
+from hessian_spectra.errors import InputError
 
 FORMATS = {"json", "csv"}
 
@@ -32,8 +31,8 @@ def run_weights(
     device: str = "auto",
 ) -> None:
     """Validate arguments, analyse, then write every requested output in one atomic step."""
-    from spectra.io import atomic_write_json, atomic_write_text, staged_directory
-    from spectra.weights import WeightsSettings, analyze_weights, report_csv
+    from hessian_spectra.io import atomic_write_json, atomic_write_text, staged_directory
+    from hessian_spectra.weights.probe import WeightsSettings, analyze_weights, report_csv
 
     wanted = {f.strip().lower() for f in formats.split(",") if f.strip()}
     if not wanted or wanted - FORMATS:
@@ -48,14 +47,14 @@ def run_weights(
         raise InputError("--threads", f"must be >= 1, got {threads}")
     if example == (path is not None):
         raise InputError(None, "give exactly one of PATH or --example")
-    from spectra.devices import resolve_device
+    from hessian_spectra.parallel.devices import resolve_device
 
     dev = resolve_device(device, "--device")  # torch-free when the machine has no NVIDIA driver
 
     settings = WeightsSettings(layers=layers, topk=topk, dtype=dtype, threads=threads, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         if example:
-            from spectra.examples import write_example_checkpoint
+            from hessian_spectra.checkpoints.examples import write_example_checkpoint
 
             source = write_example_checkpoint(Path(tmp) / "example-checkpoint", seed=seed)
         else:
@@ -79,8 +78,8 @@ def run_weights(
                 shutil.copytree(source, stage / "example-checkpoint")
                 written.append("example-checkpoint/")
             if plots:
-                from figures.depth import plot_metrics_vs_depth
-                from figures.esd import plot_all_esds
+                from hessian_spectra.figures.depth import plot_metrics_vs_depth
+                from hessian_spectra.figures.esd import plot_all_esds
 
                 esd_files = plot_all_esds(report, stage / "esd")
                 plot_metrics_vs_depth(report, stage / "depth.png")

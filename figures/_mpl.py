@@ -19,7 +19,7 @@ def save(fig, path: str | Path, dpi: int = 110) -> Path:
     """Save ``fig`` atomically as PNG and close it."""
     import io
 
-    from spectra.io import atomic_write_bytes
+    from hessian_spectra.io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")

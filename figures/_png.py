@@ -8,7 +8,7 @@ import io
 
 def png_bytes(fig, dpi: int = 100) -> bytes:
     """Render ``fig`` to PNG bytes and close it."""
-    from figures._mpl import pyplot
+    from hessian_spectra.figures._mpl import pyplot
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")

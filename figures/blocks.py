@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
-from figures._mpl import pyplot
-from figures._png import png_bytes
+from hessian_spectra.figures._mpl import pyplot
+from hessian_spectra.figures._png import png_bytes
 
 
 def depth_positions(blocks: Sequence[Mapping[str, Any]]) -> list[float]:

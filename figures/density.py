@@ -7,9 +7,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
-from figures._mpl import pyplot
-from figures._png import png_bytes
+from hessian_spectra.figures._mpl import pyplot
+from hessian_spectra.figures._png import png_bytes
 
 
 def plot_block_density_grid(

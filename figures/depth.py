@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from figures._mpl import pyplot, save
+from hessian_spectra.figures._mpl import pyplot, save
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 

@@ -6,8 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-
-from figures._mpl import pyplot, save
+from hessian_spectra.figures._mpl import pyplot, save
 
 
 def plot_esd(singular_values: np.ndarray, metrics, path: str | Path, title: str = "") -> Path:
@@ -40,7 +39,7 @@ def plot_esd(singular_values: np.ndarray, metrics, path: str | Path, title: str 
 
 
 def plot_all_esds(report, folder: str | Path) -> list[Path]:
-    """One ESD PNG per analysed matrix of a :class:`spectra.weights.WeightsReport`."""
+    """One ESD PNG per analysed matrix of a :class:`hessian_spectra.weights.probe.WeightsReport`."""
     folder = Path(folder)
     paths = []
     for m in report.matrices:

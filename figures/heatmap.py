@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from figures._mpl import pyplot
-from figures._png import png_bytes
+from hessian_spectra.figures._mpl import pyplot
+from hessian_spectra.figures._png import png_bytes
 
 
 def plot_js_heatmap(names: Sequence[str], matrix: np.ndarray, *, title: str = "") -> bytes:

@@ -1,81 +1,89 @@
 """hessian-spectra: curvature (Hessian) and weight spectra of PyTorch checkpoints.
 
-The public API is re-exported here lazily (PEP 562), so ``import spectra`` costs nothing until a
-name is used and the CLI starts fast. Typical use::
+The public API is re-exported here lazily (PEP 562), so ``import hessian_spectra`` costs nothing until
+a name is used and the CLI starts fast. Typical use::
 
-    from spectra import HessianOperator, cross_entropy, lanczos, slq, analyze_weights
+    import hessian_spectra as hs
+    hs.lanczos(hs.HessianOperator(model, batches, hs.cross_entropy), k=5)
+    hs.analyses.partition_model(model)
+
+Sub-packages, in the order data flows: ``checkpoints`` (reading), ``weights`` (weight spectra),
+``curvature`` (Hessian operators and the Hessian probe), ``krylov`` (algorithms), ``parallel``
+(devices, torch.distributed), then ``analyses`` (findings), ``figures`` and ``cli``.
 """
 
 from __future__ import annotations
 
-from spectra._lazy import lazy_exports
+from hessian_spectra._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     # errors and I/O
-    "SpectraError": "spectra.errors",
-    "InputError": "spectra.errors",
-    "ConvergenceWarning": "spectra.errors",
+    "SpectraError": "hessian_spectra.errors",
+    "InputError": "hessian_spectra.errors",
+    "ConvergenceWarning": "hessian_spectra.errors",
     # checkpoints and the weight-spectrum probe
-    "open_checkpoint": "spectra.checkpoint",
-    "Checkpoint": "spectra.checkpoint",
-    "ExtractOptions": "spectra.matrices",
-    "plan_tensor": "spectra.matrices",
-    "extract_matrices": "spectra.matrices",
-    "tensor_role": "spectra.roles",
-    "singular_values": "spectra.svd",
-    "partial_singular_values": "spectra.svd",
-    "PartialSpectrum": "spectra.svd",
-    "compute_metrics": "spectra.metrics",
-    "MatrixMetrics": "spectra.metrics",
-    "marchenko_pastur": "spectra.metrics",
-    "summarize": "spectra.metrics",
-    "fit_power_law": "spectra.powerlaw",
-    "analyze_weights": "spectra.weights",
-    "WeightsSettings": "spectra.weights",
-    "WeightsReport": "spectra.weights",
+    "open_checkpoint": "hessian_spectra.checkpoints.reader",
+    "Checkpoint": "hessian_spectra.checkpoints.reader",
+    "ExtractOptions": "hessian_spectra.checkpoints.matrices",
+    "plan_tensor": "hessian_spectra.checkpoints.matrices",
+    "extract_matrices": "hessian_spectra.checkpoints.matrices",
+    "tensor_role": "hessian_spectra.weights.roles",
+    "singular_values": "hessian_spectra.weights.svd",
+    "partial_singular_values": "hessian_spectra.weights.svd",
+    "PartialSpectrum": "hessian_spectra.weights.svd",
+    "compute_metrics": "hessian_spectra.weights.metrics",
+    "MatrixMetrics": "hessian_spectra.weights.metrics",
+    "marchenko_pastur": "hessian_spectra.weights.metrics",
+    "summarize": "hessian_spectra.weights.metrics",
+    "fit_power_law": "hessian_spectra.weights.powerlaw",
+    "analyze_weights": "hessian_spectra.weights.probe",
+    "WeightsSettings": "hessian_spectra.weights.probe",
+    "WeightsReport": "hessian_spectra.weights.probe",
     # curvature operators, blocks, guards, data helpers
-    "LinearOperator": "spectra.linop",
-    "MultiOperator": "spectra.linop",
-    "DenseOperator": "spectra.linop",
-    "HessianOperator": "spectra.operators",
-    "GGNOperator": "spectra.operators",
-    "Block": "spectra.blocks",
-    "CompositeBlock": "spectra.blocks",
-    "layer_blocks": "spectra.blocks",
-    "BlockDiagonalOperator": "spectra.blocks",
-    "parameter_blocks": "spectra.blocks",
-    "row_blocks": "spectra.blocks",
-    "column_blocks": "spectra.blocks",
-    "head_blocks": "spectra.blocks",
-    "qkv_blocks": "spectra.blocks",
-    "eval_mode": "spectra.guards",
-    "math_attention": "spectra.guards",
-    "cross_entropy": "spectra.data",
-    "mse": "spectra.data",
-    "model_loss": "spectra.data",
-    "causal_lm_loss": "spectra.data",
+    "LinearOperator": "hessian_spectra.krylov.linop",
+    "MultiOperator": "hessian_spectra.krylov.linop",
+    "DenseOperator": "hessian_spectra.krylov.linop",
+    "HessianOperator": "hessian_spectra.curvature.operators",
+    "GGNOperator": "hessian_spectra.curvature.operators",
+    "Block": "hessian_spectra.curvature.blocks",
+    "CompositeBlock": "hessian_spectra.curvature.blocks",
+    "layer_blocks": "hessian_spectra.curvature.blocks",
+    "BlockDiagonalOperator": "hessian_spectra.curvature.blocks",
+    "parameter_blocks": "hessian_spectra.curvature.blocks",
+    "row_blocks": "hessian_spectra.curvature.blocks",
+    "column_blocks": "hessian_spectra.curvature.blocks",
+    "head_blocks": "hessian_spectra.curvature.blocks",
+    "qkv_blocks": "hessian_spectra.curvature.blocks",
+    "eval_mode": "hessian_spectra.curvature.guards",
+    "math_attention": "hessian_spectra.curvature.guards",
+    "cross_entropy": "hessian_spectra.curvature.losses",
+    "mse": "hessian_spectra.curvature.losses",
+    "model_loss": "hessian_spectra.curvature.losses",
+    "causal_lm_loss": "hessian_spectra.curvature.losses",
     # Krylov algorithms
-    "lanczos": "spectra.krylov",
-    "lanczos_lockstep": "spectra.krylov",
-    "LanczosResult": "spectra.krylov",
-    "slq": "spectra.quadrature",
-    "slq_lockstep": "spectra.quadrature",
-    "SLQResult": "spectra.quadrature",
-    "SpectralDensity": "spectra.quadrature",
-    "exact_density": "spectra.quadrature",
-    "density_l1": "spectra.quadrature",
-    "hutchinson": "spectra.trace",
-    "hutchpp": "spectra.trace",
-    "TraceEstimate": "spectra.trace",
-    "power_iteration": "spectra.power",
-    "PowerResult": "spectra.power",
+    "lanczos": "hessian_spectra.krylov.lanczos",
+    "lanczos_lockstep": "hessian_spectra.krylov.lanczos",
+    "LanczosResult": "hessian_spectra.krylov.lanczos",
+    "slq": "hessian_spectra.krylov.slq",
+    "slq_lockstep": "hessian_spectra.krylov.slq",
+    "SLQResult": "hessian_spectra.krylov.slq",
+    "SpectralDensity": "hessian_spectra.krylov.slq",
+    "exact_density": "hessian_spectra.krylov.slq",
+    "density_l1": "hessian_spectra.krylov.slq",
+    "hutchinson": "hessian_spectra.krylov.trace",
+    "hutchpp": "hessian_spectra.krylov.trace",
+    "TraceEstimate": "hessian_spectra.krylov.trace",
+    "power_iteration": "hessian_spectra.krylov.power",
+    "PowerResult": "hessian_spectra.krylov.power",
     # the Hessian probe
-    "run_hessian": "spectra.hessian_probe",
-    "HessianSettings": "spectra.hessian_probe",
-    "HessianReport": "spectra.hessian_probe",
+    "run_hessian": "hessian_spectra.curvature.probe",
+    "HessianSettings": "hessian_spectra.curvature.probe",
+    "HessianReport": "hessian_spectra.curvature.probe",
 }
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+SUBPACKAGES = ("checkpoints", "weights", "curvature", "krylov", "parallel", "analyses", "figures", "cli")
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, SUBPACKAGES)

@@ -9,11 +9,16 @@ from typing import Any
 
 
 def lazy_exports(
-    package: str, exports: dict[str, str]
+    package: str, exports: dict[str, str], subpackages: tuple[str, ...] = ()
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``: ``name`` is imported from ``exports[name]`` on first use."""
+    """``(__getattr__, __dir__)`` for ``package``: ``name`` is imported from ``exports[name]`` on first use.
+
+    Names in ``subpackages`` resolve to the sub-package itself (``hs.analyses`` without importing it first).
+    """
 
     def __getattr__(name: str) -> Any:
+        if name in subpackages:
+            return importlib.import_module(f"{package}.{name}")  # the import sets the attribute
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
@@ -22,6 +27,6 @@ def lazy_exports(
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(vars(sys.modules[package])) | set(exports))
+        return sorted(set(vars(sys.modules[package])) | set(exports) | set(subpackages))
 
     return __getattr__, __dir__

@@ -1,0 +1,1 @@
+"""Advice from weight spectra: PC-layer preconditioning and spectral-clipping thresholds."""

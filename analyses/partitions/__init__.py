@@ -1,0 +1,1 @@
+"""Adam-mini partitions: architecture rules -> one learning rate per Hessian block; export and blockings."""

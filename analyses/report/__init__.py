@@ -1,0 +1,1 @@
+"""The analysis report: report.json (schema-validated), report.md and a self-contained report.html."""

@@ -1,0 +1,6 @@
+"""Curvature operators: matrix-free Hessian/GGN products over a model, a loss and data.
+
+Belongs here: the operators themselves (HVP modes, counters), block views and block-diagonal
+operators, the guards that make a model twice differentiable and restore it, losses, and the Hessian
+probe that runs the Krylov algorithms over a model and its blocks.
+"""

@@ -1,0 +1,377 @@
+"""The Hessian side of a report: full-model extreme eigenvalues (Lanczos), full-model density and trace
+(SLQ), and per-block densities, lambda_max and traces (block-diagonal SLQ with chains in lockstep).
+
+:func:`estimate_cost` says how many HVPs a run will take before any is done; :func:`run_hessian` does
+the work and calls ``progress(done, total, label)`` with HVP counts as it goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from hessian_spectra.curvature.blocks import (
+    AnyBlock,
+    Block,
+    check_block,
+    head_blocks,
+    layer_blocks,
+    parameter_blocks,
+)
+from hessian_spectra.errors import InputError
+from hessian_spectra.io import json_safe
+from hessian_spectra.krylov.lanczos import LanczosResult, default_max_steps, lanczos
+from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
+from torch import nn
+
+__all__ = [
+    "HessianSettings",
+    "CostEstimate",
+    "HessianReport",
+    "choose_blocks",
+    "estimate_cost",
+    "run_hessian",
+]
+
+#: Block choices: whole tensors, Q/K/V split per head, one block per layer (every tensor sharing a
+#: numbered-layer prefix), and Adam-mini blocks (built outside spectra from the model's partition, see
+#: ``hessian_spectra.analyses.partitions.blockings``, and passed to :func:`run_hessian` as ``blocks=``).
+BLOCKINGS = ("tensor", "head", "layer", "adam-mini")
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class HessianSettings:
+    """Budget and choices of a Hessian run.
+
+    ``top_k``: extreme eigenvalues per side; ``lanczos_steps``: cap (None: ``default_max_steps``);
+    ``probes``/``steps``: full-model SLQ; ``block_probes``/``block_steps``: block SLQ; ``blocks``:
+    ``"tensor"`` (one block per parameter tensor), ``"head"`` (Q/K/V projections split per head, needs
+    ``n_heads``), ``"layer"`` (one block per numbered layer, see :func:`hessian_spectra.curvature.blocks.layer_blocks`) or
+    ``"adam-mini"`` (the blocks of the Adam-mini partition, given to :func:`run_hessian` as ``blocks=``);
+    ``max_blocks_per_tensor``: cap on the blocks one tensor contributes under ``"adam-mini"`` (None: all);
+    ``full``/``block``: which parts to run; ``vector_device``: where the flat Krylov vectors live (None: the
+    first parameter's device; "cpu" when a model-parallel model's vectors would not fit on its GPU).
+    """
+
+    top_k: int = 5
+    lanczos_steps: int | None = None
+    probes: int = 10
+    steps: int = 50
+    block_probes: int = 10
+    block_steps: int = 50
+    blocks: str = "tensor"
+    n_heads: int | None = None
+    max_blocks_per_tensor: int | None = None
+    vector_device: str | None = None
+    params: tuple[str, ...] | None = None
+    full: bool = True
+    block: bool = True
+    seed: int = 0
+    mode: str = "auto"
+    dtype: str | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the bad option."""
+        for key in ("top_k", "probes", "steps", "block_probes", "block_steps"):
+            if int(getattr(self, key)) < 1:
+                raise InputError(f"--{key.replace('_', '-')}", f"must be >= 1, got {getattr(self, key)}")
+        if self.lanczos_steps is not None and self.lanczos_steps < 1:
+            raise InputError("--lanczos-steps", f"must be >= 1, got {self.lanczos_steps}")
+        if self.blocks not in BLOCKINGS:
+            raise InputError(
+                "--blocks", f"unknown blocking {self.blocks!r}; use one of {', '.join(BLOCKINGS)}"
+            )
+        if self.n_heads is not None and self.n_heads < 1:
+            raise InputError("--heads", f"must be >= 1, got {self.n_heads}")
+        if self.max_blocks_per_tensor is not None and self.max_blocks_per_tensor < 1:
+            raise InputError(
+                "--max-blocks-per-tensor",
+                f"must be >= 1 (or unset for all), got {self.max_blocks_per_tensor}",
+            )
+        if self.dtype not in (None, "float32", "float64"):
+            raise InputError("--dtype", f"must be float32 or float64, got {self.dtype!r}")
+        if not (self.full or self.block):
+            raise InputError(None, "nothing to do: both the full-model and the block analysis are off")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """HVP counts before the run (upper bounds: Lanczos may stop early once converged).
+
+    A lockstep block step costs one graph build per batch (none when graphs are kept) plus one pruned
+    backward per block still running, a block of several tensors (:class:`~hessian_spectra.curvature.blocks.CompositeBlock`)
+    included; ``total_hvps`` and the progress bar count the step as one, and ``block_backwards`` (per
+    batch) bounds the pruned backwards, which dominate with many blocks. Block dims are block sizes
+    (the sum of a composite block's parts), so a chain runs ``min(block_steps, dim)`` steps.
+    """
+
+    dim: int
+    num_blocks: int
+    num_batches: int
+    lanczos_hvps: int
+    slq_hvps: int
+    block_lockstep_calls: int
+    block_backwards: int
+    total_hvps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return (
+            f"up to {self.total_hvps} HVPs on {self.num_batches} batch(es), dim {self.dim}: Lanczos <= "
+            f"{self.lanczos_hvps}, full SLQ {self.slq_hvps}, block SLQ {self.block_lockstep_calls} lockstep "
+            f"steps over {self.num_blocks} blocks ({self.block_backwards} pruned block backwards per batch)"
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class HessianReport:
+    """Everything the Hessian probe measured; ``to_dict`` is JSON-safe (block nodes/weights included)."""
+
+    settings: HessianSettings
+    cost: CostEstimate
+    dim: int
+    lanczos: LanczosResult | None
+    density: SLQResult | None
+    blocks: tuple[AnyBlock, ...]
+    block_results: tuple[SLQResult, ...]
+    num_hvps: int
+    seconds: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    weighting: str = ""
+    num_block_backwards: int = 0
+
+    def block_summary(self) -> list[dict[str, Any]]:
+        """Per block: name, parameter (None for a block of several parameters; ``params`` lists them),
+        kind, dim, lambda_max/lambda_min (extreme Ritz values), trace +- stderr."""
+        return [
+            {
+                "name": b.name, "param": b.param if isinstance(b, Block) else None, "params": list(b.params),
+                "kind": b.kind, "dim": r.dim, "lambda_max": r.ritz_max, "lambda_min": r.ritz_min,
+                "trace": r.trace, "trace_stderr": r.trace_stderr, "probes": r.num_probes, "steps": r.steps,
+            }
+            for b, r in zip(self.blocks, self.block_results, strict=True)
+        ]  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        density = None
+        if self.density is not None:
+            d = self.density.density()
+            density = {**self.density.to_dict(), "grid": d.grid, "values": d.values, "sigma": d.sigma}
+        return json_safe(
+            {
+                "settings": self.settings.to_dict(),
+                "cost_estimate": self.cost.to_dict(),
+                "dim": self.dim,
+                "num_hvps": self.num_hvps,
+                "num_block_backwards": self.num_block_backwards,
+                "seconds": self.seconds,
+                "weighting": self.weighting,
+                "notes": list(self.notes),
+                "lanczos": None if self.lanczos is None else self.lanczos.to_dict(),
+                "density": density,
+                "blocks": [
+                    {**s, "nodes": r.nodes, "weights": r.weights, "block": b.to_dict()}
+                    for s, b, r in zip(self.block_summary(), self.blocks, self.block_results, strict=True)
+                ],
+            }
+        )
+
+
+def _module_of(name: str) -> str:
+    """The attention module a projection weight belongs to (``a.b.q_proj.weight`` -> ``a.b``)."""
+    return name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
+
+
+def _query_head_dims(shapes: dict[str, tuple[int, ...]], n_heads: int) -> dict[str, int]:
+    """Module -> head_dim (rows of its Q projection / ``n_heads``) for every 2-D Q projection."""
+    from hessian_spectra.weights.roles import tensor_role
+
+    out: dict[str, int] = {}
+    for name, shape in shapes.items():
+        if tensor_role(name) == "q" and len(shape) == 2 and shape[0] % n_heads == 0:
+            out.setdefault(_module_of(name), shape[0] // n_heads)
+    return out
+
+
+def choose_blocks(operator: Any, settings: HessianSettings) -> list[AnyBlock]:
+    """The blocks of the block analysis: whole tensors, Q/K/V projections split per head, or one block
+    per layer. Adam-mini blocks need the model's partition (``hessian_spectra.analyses.partitions.blockings``): pass them to
+    :func:`run_hessian` as ``blocks=``.
+
+    Per head: Q and fused QKV are cut into ``n_heads`` heads; K and V into ``rows / head_dim`` heads with
+    head_dim from the sibling Q projection (grouped-query attention), else into ``n_heads``.
+    """
+    blocks = parameter_blocks(operator)
+    if settings.blocks == "tensor":
+        return blocks
+    if settings.blocks == "layer":
+        return layer_blocks(operator)
+    if settings.blocks == "adam-mini":
+        raise InputError(
+            "--blocks",
+            "adam-mini blocks come from the model's partition: build them with "
+            "hessian_spectra.analyses.partitions.blockings.adam_mini_blocks and pass them to run_hessian(blocks=...)",
+        )
+    if not settings.n_heads:
+        raise InputError("--heads", "per-head blocks need the number of attention heads")
+    from hessian_spectra.weights.roles import tensor_role
+
+    heads = int(settings.n_heads)
+    head_dims = _query_head_dims({b.param: b.shape for b in blocks}, heads)
+    out: list[AnyBlock] = []
+    for b in blocks:
+        role = tensor_role(b.param)
+        rows = b.shape[0] if len(b.shape) == 2 else 0
+        hd = head_dims.get(_module_of(b.param)) if role in ("k", "v") else None
+        if role in ("k", "v") and hd and rows % hd == 0:
+            out.extend(head_blocks(operator, b.param, rows // hd, hd))
+        elif role in ("q", "k", "v") and rows and rows % heads == 0:
+            out.extend(head_blocks(operator, b.param, heads))
+        elif role == "qkv" and rows and rows % (3 * heads) == 0:
+            d = rows // 3
+            for i, part in enumerate("qkv"):
+                out.extend(head_blocks(operator, b.param, heads, offset=i * d, prefix=f"{b.param}:{part}"))
+        else:
+            out.append(b)
+    return out
+
+
+def estimate_cost(
+    dim: int, num_batches: int, block_dims: Sequence[int], settings: HessianSettings
+) -> CostEstimate:
+    """HVP counts of a run with these sizes (no model needed; see :class:`CostEstimate`)."""
+    lz = sl = calls = backs = 0
+    if settings.full:
+        lz = int(settings.lanczos_steps or default_max_steps(dim, settings.top_k))
+        lz = min(lz, dim)
+        sl = settings.probes * min(settings.steps, dim)
+    if settings.block and block_dims:
+        calls = settings.block_probes * min(settings.block_steps, max(block_dims))
+        backs = sum(settings.block_probes * min(settings.block_steps, d) for d in block_dims)
+    return CostEstimate(
+        dim=dim, num_blocks=len(block_dims) if settings.block else 0, num_batches=num_batches,
+        lanczos_hvps=lz, slq_hvps=sl, block_lockstep_calls=calls, block_backwards=backs, total_hvps=lz + sl + calls,
+    )  # fmt: skip
+
+
+class _Counted:
+    """Wraps an operator so every matvec advances the progress callback."""
+
+    def __init__(self, op: Any, tick: Callable[[str], None], label: str):
+        self._op, self._tick, self._label = op, tick, label
+        for key in ("dim", "dtype", "device", "names", "dims"):
+            if hasattr(op, key):
+                setattr(self, key, getattr(op, key))
+
+    @property
+    def num_matvecs(self) -> int:
+        return self._op.num_matvecs
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        out = self._op.matvec(v)
+        self._tick(self._label)
+        return out
+
+    def matvec_many(self, vs: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        out = self._op.matvec_many(vs)
+        self._tick(self._label)
+        return out
+
+
+def run_hessian(
+    model: nn.Module,
+    batches: Any,
+    loss: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    settings: HessianSettings | None = None,
+    *,
+    blocks: Sequence[AnyBlock] | None = None,
+    block_notes: Sequence[str] = (),
+    progress: Progress | None = None,
+    on_estimate: Callable[[CostEstimate], None] | None = None,
+) -> HessianReport:
+    """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see :mod:`hessian_spectra.curvature.operators`).
+
+    ``blocks`` (any :class:`~hessian_spectra.curvature.blocks.Block` / :class:`~hessian_spectra.curvature.blocks.CompositeBlock` list, e.g. the
+    Adam-mini blocks of ``hessian_spectra.analyses.partitions.blockings``) replaces the blocks ``settings.blocks`` would choose;
+    ``block_notes`` (how they were chosen) go into the report's notes. ``on_estimate(cost)`` is called
+    once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
+    label)`` after every HVP or lockstep block step.
+    """
+    from hessian_spectra.curvature.operators import HessianOperator
+
+    settings = settings or HessianSettings()
+    settings.validate()
+    dtype = {None: None, "float32": torch.float32, "float64": torch.float64}[settings.dtype]
+    op = HessianOperator(
+        model,
+        batches,
+        loss,
+        params=list(settings.params) if settings.params else None,
+        mode=settings.mode,
+        dtype=dtype,
+        vector_device=settings.vector_device,
+    )
+    if not settings.block:
+        blocks = []
+    elif blocks is None:
+        blocks = choose_blocks(op, settings)
+    else:
+        blocks = list(blocks)
+        if not blocks:
+            raise InputError("--blocks", "an empty block list was given")
+        for b in blocks:
+            check_block(b, op.param_shapes)
+    cost = estimate_cost(op.dim, len(op.batches), [b.numel for b in blocks], settings)
+    if on_estimate is not None:
+        on_estimate(cost)
+    done = 0
+
+    def tick(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, max(cost.total_hvps, done), label)
+
+    start = time.perf_counter()
+    lz = dens = None
+    if settings.full:
+        lz = lanczos(
+            _Counted(op, tick, "Lanczos"), settings.top_k, which="both", max_steps=settings.lanczos_steps,
+            seed=settings.seed,
+        )  # fmt: skip
+        dens = slq(
+            _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed
+        )
+    results: list[SLQResult] = []
+    backwards = 0
+    if blocks:
+        bd = op.block_diagonal(blocks)
+        results = slq_lockstep(
+            _Counted(bd, tick, "block SLQ"), num_probes=settings.block_probes, steps=settings.block_steps,
+            seed=settings.seed,
+        )  # fmt: skip
+        backwards = bd.num_block_hvps
+        zero = [
+            b.name for b, r in zip(blocks, results, strict=True) if r.ritz_max == 0.0 and r.ritz_min == 0.0
+        ]
+        if zero:
+            block_notes = (*block_notes, f"{len(zero)} block(s) have an exactly zero Hessian on these batches "
+                           f"(e.g. embedding rows of tokens absent from them): {', '.join(zero[:5])}"
+                           + (", ..." if len(zero) > 5 else ""))  # fmt: skip
+    seconds = time.perf_counter() - start
+    if progress is not None:
+        progress(done, done, "done")
+    return HessianReport(
+        settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
+        block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes) + tuple(block_notes),
+        weighting=op.weighting, num_block_backwards=backwards,
+    )  # fmt: skip
