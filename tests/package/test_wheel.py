@@ -52,7 +52,8 @@ def installed(tmp_path_factory):
     subprocess.run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True)
     added = set(p.name for p in site.iterdir()) - before
     # the test environment's packages, after the wheel's own site-packages
-    (site / "zz_test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    paths = [sysconfig.get_paths()["purelib"], *(p for p in sys.path if p.endswith("site-packages"))]
+    (site / "zz_test_env.pth").write_text("\n".join(dict.fromkeys(paths)) + "\n")
     return python, site, added
 
 
