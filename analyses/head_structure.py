@@ -123,7 +123,7 @@ def head_structure(
     seed: int = 0,
 ) -> HeadStructureReport:
     """Per-head mass share of every recognised attention projection (see the module docstring)."""
-    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.curvature.hessian import HessianOperator
     from hessian_spectra.weights.roles import tensor_role
 
     types = _module_types(model)

@@ -217,7 +217,7 @@ def block_layer(name: str) -> int | None:
 def block_group(name: str) -> str:
     """The block group (:data:`GROUPS`) a block name belongs to, via :func:`hessian_spectra.weights.roles.tensor_role`.
 
-    Head/part suffixes written by :mod:`hessian_spectra.curvature.blocks` (``...q_proj.weight[head 0]``, ``:q``) are honoured:
+    Head/part suffixes written by :mod:`hessian_spectra.curvature.block_builders` (``...q_proj.weight[head 0]``, ``:q``) are honoured:
     a Q or K part of a fused QKV tensor is ``qk``, a V part ``v``.
     """
     from hessian_spectra.weights.roles import tensor_role

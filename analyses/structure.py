@@ -138,7 +138,7 @@ class _Columns:
         self.num_hvps = 0
 
     def __call__(self, name: str, cols: torch.Tensor, n: int) -> torch.Tensor:
-        from hessian_spectra.curvature.operators import HessianOperator
+        from hessian_spectra.curvature.hessian import HessianOperator
 
         op = HessianOperator(self.model, self.batches, self.loss, params=[name], dtype=self.dtype)
         E = torch.zeros(n, cols.numel(), dtype=op.dtype, device=op.device)

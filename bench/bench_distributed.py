@@ -59,9 +59,9 @@ def _canon_weights(report: dict) -> str:
 
 def worker(args: argparse.Namespace) -> int:
     import torch
-    from hessian_spectra.curvature.blocks import parameter_blocks
+    from hessian_spectra.curvature.block_builders import parameter_blocks
+    from hessian_spectra.curvature.hessian import HessianOperator
     from hessian_spectra.curvature.losses import cross_entropy
-    from hessian_spectra.curvature.operators import HessianOperator
     from hessian_spectra.krylov.slq import slq_lockstep
     from hessian_spectra.parallel import distributed as D
     from hessian_spectra.weights.probe import WeightsSettings

@@ -141,7 +141,7 @@ def loadavg() -> str:
 def hvp_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     from curvlinops import HessianLinearOperator
     from hessian_eigenthings import HessianOperator as ETHessian
-    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.curvature.hessian import HessianOperator
     from hessian_spectra.krylov.lanczos import lanczos
     from pyhessian import hessian as PyHessian
 
@@ -216,7 +216,7 @@ def lanczos_step_pairs(model, batch, runs: int, steps: int = 12) -> dict[str, di
     HVP next to it, so slow phases of a shared machine hit both sides of a ratio. Step 1 (start-up:
     start vector, allocations) is dropped; steps 2..``steps`` of ``runs`` runs per policy are kept.
     """
-    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.curvature.hessian import HessianOperator
     from hessian_spectra.krylov.lanczos import lanczos
 
     bare = bare_hvp(model, batch)
@@ -252,7 +252,7 @@ def lanczos_step_pairs(model, batch, runs: int, steps: int = 12) -> dict[str, di
 def block_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     from curvlinops import HessianLinearOperator
     from hessian_eigenthings import HessianOperator as ETHessian
-    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.curvature.hessian import HessianOperator
 
     bare = bare_hvp(model, batch)
     params, v, vs, grads = bare.params, bare.v, bare.vs, bare.grads
@@ -262,7 +262,7 @@ def block_costs(model, batch, repeats: int) -> dict[str, list[float]]:
     ours = HessianOperator(model, [batch], ce_loss, mode="reuse", attention="off")
     bd = ours.block_diagonal()
     bvs = [v[ours.param_slice(b.param)] for b in bd.blocks]
-    from hessian_spectra.curvature.blocks import layer_blocks
+    from hessian_spectra.curvature.block_builders import layer_blocks
 
     bl = ours.block_diagonal(layer_blocks(ours))  # 2 composite layer blocks + 6 outside any layer
     lvs = [ours.take(b, v) for b in bl.blocks]
@@ -311,14 +311,14 @@ def top_eigenvalue(tool: str, model, batch, *, steps_hint: int | None = None) ->
     x, y = batch
     t0 = time.perf_counter()
     if tool == "ours":
-        from hessian_spectra.curvature.operators import HessianOperator
+        from hessian_spectra.curvature.hessian import HessianOperator
         from hessian_spectra.krylov.lanczos import lanczos
 
         op = HessianOperator(model, [batch], ce_loss, attention="off")
         r = lanczos(op, 1, which="largest", tol=1e-3, seed=0)
         out = {"value": r.lambda_max, "hvps": r.num_matvecs, "converged": r.converged}
     elif tool == "reference":
-        from hessian_spectra.curvature.operators import HessianOperator
+        from hessian_spectra.curvature.hessian import HessianOperator
         from hessian_spectra.krylov.lanczos import lanczos
 
         op = HessianOperator(model, [batch], ce_loss, attention="off")
@@ -389,7 +389,7 @@ import torch
 torch.set_num_threads(1)
 warnings.simplefilter("ignore")
 import bench_hessian as b
-import curvlinops, hessian_eigenthings, pyhessian, hessian_spectra.curvature.operators, hessian_spectra.krylov.lanczos, scipy.sparse.linalg
+import curvlinops, hessian_eigenthings, pyhessian, hessian_spectra.curvature.hessian, hessian_spectra.krylov.lanczos, scipy.sparse.linalg
 model, batch = b.setup()
 b.ce_loss(model, batch)
 def status(key):

@@ -13,14 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from hessian_spectra.curvature.blocks import (
-    AnyBlock,
-    Block,
-    check_block,
-    head_blocks,
-    layer_blocks,
-    parameter_blocks,
-)
+from hessian_spectra.curvature.block_builders import head_blocks, layer_blocks, parameter_blocks
+from hessian_spectra.curvature.block_operators import check_block
+from hessian_spectra.curvature.blocks import AnyBlock, Block
 from hessian_spectra.errors import InputError
 from hessian_spectra.io import json_safe
 from hessian_spectra.krylov.lanczos import LanczosResult, default_max_steps, lanczos
@@ -50,7 +45,7 @@ class HessianSettings:
     ``top_k``: extreme eigenvalues per side; ``lanczos_steps``: cap (None: ``default_max_steps``);
     ``probes``/``steps``: full-model SLQ; ``block_probes``/``block_steps``: block SLQ; ``blocks``:
     ``"tensor"`` (one block per parameter tensor), ``"head"`` (Q/K/V projections split per head, needs
-    ``n_heads``), ``"layer"`` (one block per numbered layer, see :func:`hessian_spectra.curvature.blocks.layer_blocks`) or
+    ``n_heads``), ``"layer"`` (one block per numbered layer, see :func:`hessian_spectra.curvature.block_builders.layer_blocks`) or
     ``"adam-mini"`` (the blocks of the Adam-mini partition, given to :func:`run_hessian` as ``blocks=``);
     ``max_blocks_per_tensor``: cap on the blocks one tensor contributes under ``"adam-mini"`` (None: all);
     ``full``/``block``: which parts to run; ``vector_device``: where the flat Krylov vectors live (None: the
@@ -298,7 +293,7 @@ def run_hessian(
     progress: Progress | None = None,
     on_estimate: Callable[[CostEstimate], None] | None = None,
 ) -> HessianReport:
-    """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see :mod:`hessian_spectra.curvature.operators`).
+    """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see spectra/docs/curvature_operators.md).
 
     ``blocks`` (any :class:`~hessian_spectra.curvature.blocks.Block` / :class:`~hessian_spectra.curvature.blocks.CompositeBlock` list, e.g. the
     Adam-mini blocks of ``hessian_spectra.analyses.partitions.blockings``) replaces the blocks ``settings.blocks`` would choose;
@@ -306,7 +301,7 @@ def run_hessian(
     once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
     label)`` after every HVP or lockstep block step.
     """
-    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.curvature.hessian import HessianOperator
 
     settings = settings or HessianSettings()
     settings.validate()

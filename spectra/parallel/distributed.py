@@ -3,7 +3,7 @@
 Three ways to spread the work, all giving the single-process numbers:
 
 * **Data-parallel HVPs** (:class:`DistributedHessianOperator`): every rank builds a local
-  :class:`~hessian_spectra.curvature.operators.HessianOperator` on its shard of the batches (:func:`shard_batches`); a
+  :class:`~hessian_spectra.curvature.hessian.HessianOperator` on its shard of the batches (:func:`shard_batches`); a
   matvec is the local weighted mean times the local weight, summed over ranks by one ``all_reduce`` and
   divided by the global weight, i.e. exactly the single-process weighted mean up to summation order.
   Lanczos, SLQ, Hutchinson and block-lockstep runs are then unchanged: every rank draws the same seeded
@@ -548,7 +548,7 @@ def data_parallel_hessian(
 
     Explicit per-batch ``weighting`` numbers are sharded with the batches.
     """
-    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.curvature.hessian import HessianOperator
 
     rank, world = _rank_world(group)
     dev = resolve_device(device)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from hessian_spectra.analyses.partitions.blockings import adam_mini_blocks, heads_config, hessian_blocks
 from hessian_spectra.analyses.partitions.partition import partition_model
-from hessian_spectra.curvature.blocks import BlockDiagonalOperator
+from hessian_spectra.curvature.block_operators import BlockDiagonalOperator
+from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.curvature.losses import cross_entropy
-from hessian_spectra.curvature.operators import HessianOperator
 from hessian_spectra.curvature.probe import HessianSettings
 from hessian_spectra.errors import InputError
 from support.models import get_case, random_vector

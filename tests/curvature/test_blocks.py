@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hessian_spectra.curvature.blocks import (
-    Block,
-    BlockDiagonalOperator,
-    CompositeBlock,
+from hessian_spectra.curvature.block_builders import (
     column_blocks,
     head_blocks,
     layer_blocks,
@@ -16,8 +13,11 @@ from hessian_spectra.curvature.blocks import (
     qkv_blocks,
     row_blocks,
 )
+from hessian_spectra.curvature.block_operators import BlockDiagonalOperator
+from hessian_spectra.curvature.blocks import Block, CompositeBlock
+from hessian_spectra.curvature.ggn import GGNOperator
 from hessian_spectra.curvature.guards import model_state_hash
-from hessian_spectra.curvature.operators import GGNOperator, HessianOperator
+from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.errors import InputError
 from hessian_spectra.krylov.linop import LinearOperator, MultiOperator
 from support.models import get_case, random_vector
@@ -127,7 +127,7 @@ def test_restrict_is_a_linear_operator():
 
 
 def test_restrict_ggn_uses_full_matvec():
-    from hessian_spectra.curvature.operators import output_and_target
+    from hessian_spectra.curvature.ggn import output_and_target
 
     c = get_case("mlp")
     op = GGNOperator(c.model, c.batches, "cross_entropy", dtype=torch.float64, weighting=c.weights)
@@ -237,7 +237,7 @@ def test_composite_blocks_equal_exact_principal_submatrices(mode):
 
 
 def test_composite_restrict_embed_take_and_ggn():
-    from hessian_spectra.curvature.operators import output_and_target
+    from hessian_spectra.curvature.ggn import output_and_target
 
     c = get_case("mlp")
     op = HessianOperator(c.model, c.batches, c.loss, dtype=torch.float64, weighting=c.weights)

@@ -13,10 +13,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hessian_spectra.curvature.blocks import BlockDiagonalOperator, parameter_blocks, qkv_blocks
+from hessian_spectra.curvature.block_builders import parameter_blocks, qkv_blocks
+from hessian_spectra.curvature.block_operators import BlockDiagonalOperator
+from hessian_spectra.curvature.ggn import GGNOperator, output_and_target
 from hessian_spectra.curvature.guards import model_state_hash, training_flags
+from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.curvature.losses import mse
-from hessian_spectra.curvature.operators import GGNOperator, HessianOperator, output_and_target
 from hessian_spectra.errors import ConvergenceWarning
 from hessian_spectra.krylov.lanczos import block_seed, lanczos, lanczos_lockstep
 from hessian_spectra.krylov.linop import DenseOperator

@@ -127,7 +127,8 @@ def test_layer_blocking_matches_exact_layer_blocks_and_cost_counts_them():
 
 
 def test_explicit_blocks_replace_the_blocking_and_are_checked():
-    from hessian_spectra.curvature.blocks import Block, CompositeBlock, row_blocks
+    from hessian_spectra.curvature.block_builders import row_blocks
+    from hessian_spectra.curvature.blocks import Block, CompositeBlock
 
     case = get_case("mlp")
     settings = HessianSettings(full=False, block_probes=2, block_steps=5, blocks="adam-mini")
@@ -157,7 +158,7 @@ def test_explicit_blocks_replace_the_blocking_and_are_checked():
 
 def test_head_blocking_cuts_gqa_keys_by_the_query_head_dim():
     """Llama with 4 query heads and 2 KV heads of head_dim 2: K/V (4 rows) are 2 heads of 2 rows, not 4 of 1."""
-    from hessian_spectra.curvature.operators import HessianOperator
+    from hessian_spectra.curvature.hessian import HessianOperator
     from hessian_spectra.curvature.probe import choose_blocks
 
     case = get_case("llama")

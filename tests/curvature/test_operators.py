@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hessian_spectra.curvature.ggn import GGNOperator, output_and_target
 from hessian_spectra.curvature.guards import model_state_hash, training_flags
+from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.curvature.losses import causal_lm_loss, cross_entropy, mse
-from hessian_spectra.curvature.operators import GGNOperator, HessianOperator, output_and_target
 from hessian_spectra.errors import InputError
 from hessian_spectra.krylov.linop import LinearOperator
 from support.models import GGN_CASES, get_case, random_vector

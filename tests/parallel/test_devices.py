@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hessian_spectra.curvature.operators import HessianOperator
+from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.errors import InputError
 from support.cli import assert_clean_failure, run_cli
 from support.models import mlp_case

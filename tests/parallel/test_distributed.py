@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 from dist_scripts import equivalence as EQ
-from hessian_spectra.curvature.blocks import parameter_blocks
-from hessian_spectra.curvature.operators import HessianOperator
+from hessian_spectra.curvature.block_builders import parameter_blocks
+from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.errors import InputError, SpectraError
 from hessian_spectra.krylov.lanczos import block_seed, lanczos, lanczos_lockstep
 from hessian_spectra.krylov.linop import DenseBlockOperator

@@ -69,10 +69,11 @@ def main() -> dict:
     except Exception as exc:  # a build without the lazy-tensor backend
         return {"skip": f"no lazy-tensor device in this torch build ({type(exc).__name__}: {exc})"}
 
+    from hessian_spectra.curvature.ggn import GGNOperator, output_and_target
+    from hessian_spectra.curvature.hessian import HessianOperator
     from hessian_spectra.curvature.losses import (
         cross_entropy as split_loss,  # targets follow the logits to the last device
     )
-    from hessian_spectra.curvature.operators import GGNOperator, HessianOperator, output_and_target
     from hessian_spectra.krylov.lanczos import lanczos
     from support.models import mlp_case
     from support.oracles import exact_ggn, exact_hessian
