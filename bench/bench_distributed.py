@@ -1,4 +1,4 @@
-"""Benchmark hessian_spectra.parallel.distributed: 1 vs N torchrun processes (gloo on CPU, NCCL on GPU).
+"""Benchmark hessian_spectra.parallel (torch.distributed): 1 vs N torchrun processes (gloo on CPU, NCCL on GPU).
 
 Run:  python bench/bench_distributed.py [--nprocs 1 2] [--repeats 2] [--device auto]
 
@@ -59,11 +59,11 @@ def _canon_weights(report: dict) -> str:
 
 def worker(args: argparse.Namespace) -> int:
     import torch
+    from hessian_spectra import parallel as D
     from hessian_spectra.curvature.block_builders import parameter_blocks
     from hessian_spectra.curvature.hessian import HessianOperator
     from hessian_spectra.curvature.losses import cross_entropy
     from hessian_spectra.krylov.slq import slq_lockstep
-    from hessian_spectra.parallel import distributed as D
     from hessian_spectra.weights.probe import WeightsSettings
 
     torch.set_num_threads(1)

@@ -63,7 +63,7 @@ _EXPORTS: dict[str, str] = {
     # Krylov algorithms
     "lanczos": "hessian_spectra.krylov.lanczos",
     "lanczos_lockstep": "hessian_spectra.krylov.lanczos",
-    "LanczosResult": "hessian_spectra.krylov.lanczos",
+    "LanczosResult": "hessian_spectra.krylov.result",
     "slq": "hessian_spectra.krylov.slq",
     "slq_lockstep": "hessian_spectra.krylov.slq",
     "SLQResult": "hessian_spectra.krylov.slq",

@@ -18,7 +18,8 @@ from hessian_spectra.curvature.block_operators import check_block
 from hessian_spectra.curvature.blocks import AnyBlock, Block
 from hessian_spectra.errors import InputError
 from hessian_spectra.io import json_safe
-from hessian_spectra.krylov.lanczos import LanczosResult, default_max_steps, lanczos
+from hessian_spectra.krylov.lanczos import default_max_steps, lanczos
+from hessian_spectra.krylov.result import LanczosResult
 from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
 from torch import nn
 

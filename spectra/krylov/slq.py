@@ -3,7 +3,7 @@
 For each normalised probe v, m Lanczos steps give T_m = Q diag(theta) Q^T; the Gauss quadrature nodes
 theta_i with weights tau_i = Q[0, i]^2 satisfy v^T f(A) v ~ sum_i tau_i f(theta_i). Averaging over probes
 estimates (1/dim) tr f(A): with f a kernel, the smoothed spectral density; with f(x) = x, tr(A) / dim.
-All bookkeeping is float64 (see :mod:`hessian_spectra.krylov.lanczos`).
+All bookkeeping is float64 (see :mod:`hessian_spectra.krylov.chain`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from hessian_spectra.io import json_safe
-from hessian_spectra.krylov.lanczos import _block_ids, _Chain, _eig_tridiagonal, block_seed
+from hessian_spectra.krylov.chain import _Chain
+from hessian_spectra.krylov.convergence import _eig_tridiagonal
+from hessian_spectra.krylov.lanczos import _block_ids, block_seed
 from hessian_spectra.krylov.linop import LinearOperator, MultiOperator
 from hessian_spectra.krylov.trace import draw_probes
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from hessian_spectra.errors import ConvergenceWarning
 from hessian_spectra.krylov.lanczos import (
-    LanczosResult,
     block_seed,
     default_max_steps,
     lanczos,
@@ -18,6 +17,7 @@ from hessian_spectra.krylov.lanczos import (
     lanczos_tridiagonal,
 )
 from hessian_spectra.krylov.linop import DenseBlockOperator, DenseOperator
+from hessian_spectra.krylov.result import LanczosResult
 from support.oracles import planted_symmetric as planted
 
 RNG = np.random.default_rng(0)
@@ -299,7 +299,7 @@ def test_step_reductions_keep_float64_accuracy_on_long_float32_vectors():
     # all-positive terms are the hard case for accumulation in float32 (a BLAS sdot measured 9e-7 relative
     # here); the blocked sums feeding alpha and beta must stay within ~1e-8 of the float64 answer. The
     # length is no multiple of either block size, so the tails are reduced too.
-    from hessian_spectra.krylov.lanczos import _Chain
+    from hessian_spectra.krylov.chain import _Chain
 
     n = 3_000_001
     g = torch.Generator().manual_seed(0)

@@ -61,3 +61,19 @@ def test_one_name_reaches_the_whole_api():
         "assert {'analyses', 'krylov', 'curvature', 'checkpoints', 'weights', 'parallel'} <= set(dir(hs))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_parallel_facade_resolves_lazily_and_is_not_shadowed():
+    """``from hessian_spectra import parallel as D`` (the README's torchrun example) reaches the
+    torch.distributed API by attribute, without importing torch first; no submodule hides a name."""
+    import importlib
+
+    import hessian_spectra.parallel as parallel
+
+    code = "import sys; import hessian_spectra.parallel; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for module in set(parallel._EXPORTS.values()):
+        importlib.import_module(module)
+    for name in parallel.__all__:
+        value = getattr(parallel, name)
+        assert value is not None and not isinstance(value, type(parallel)), f"parallel.{name} is a module"

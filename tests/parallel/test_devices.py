@@ -228,7 +228,8 @@ def test_bf16_hvps_with_float32_basis_against_the_exact_float64_hessian():
     about 2-3 significant digits for lambda_max/lambda_min (0.5% of ||H||); inner Ritz values are worse.
     """
     from hessian_spectra.curvature.losses import cast_floating
-    from hessian_spectra.krylov.lanczos import basis_dtype, lanczos
+    from hessian_spectra.krylov.chain import basis_dtype
+    from hessian_spectra.krylov.lanczos import lanczos
 
     eps = float(torch.finfo(torch.bfloat16).eps)
     assert basis_dtype(torch.bfloat16) == torch.float32

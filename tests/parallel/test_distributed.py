@@ -1,4 +1,4 @@
-"""hessian_spectra.parallel.distributed: 2 gloo ranks under torchrun give the single-process numbers; failures end the job.
+"""hessian_spectra.parallel (torch.distributed): 2 gloo ranks under torchrun give the single-process numbers; failures end the job.
 
 One torchrun job (tests/dist_scripts/equivalence.py) is started once per module; while it runs, the
 references are computed here with the plain single-process engine; the tests then compare. That job
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from dist_scripts import equivalence as EQ
+from hessian_spectra import parallel as D
 from hessian_spectra.curvature.block_builders import parameter_blocks
 from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.errors import InputError, SpectraError
@@ -28,7 +29,6 @@ from hessian_spectra.krylov.lanczos import block_seed, lanczos, lanczos_lockstep
 from hessian_spectra.krylov.linop import DenseBlockOperator
 from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
 from hessian_spectra.krylov.trace import hutchinson
-from hessian_spectra.parallel import distributed as D
 from hessian_spectra.weights.probe import WeightsSettings, analyze_weights
 from support.ckpt_factory import tiny_state_dict, write_sharded_safetensors
 from support.models import mlp_case
@@ -375,6 +375,6 @@ def test_bf16_weights_with_float64_bookkeeping():
     assert all(isinstance(a, float) for a in r16.alphas)
     scale = max(abs(x) for x in r32.ritz_values)
     # measured: 6e-4 and 1e-5 of the scale (cross-entropy MLP: 8e-5, 1.3e-2); before the breakdown fix
-    # in lanczos._matvec_noise every bf16 step counted as a breakdown and the values were 95% off
+    # in chain._matvec_noise every bf16 step counted as a breakdown and the values were 95% off
     assert abs(r16.top[0] - r32.top[0]) <= 0.01 * scale
     assert abs(r16.bottom[0] - r32.bottom[0]) <= 0.01 * scale

@@ -18,13 +18,13 @@ sys.path.insert(0, str(TESTS))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from hessian_spectra import parallel as D  # noqa: E402
 from hessian_spectra.curvature.block_builders import parameter_blocks, row_blocks  # noqa: E402
 from hessian_spectra.curvature.hessian import HessianOperator  # noqa: E402
 from hessian_spectra.errors import SpectraError  # noqa: E402
 from hessian_spectra.krylov.lanczos import lanczos  # noqa: E402
 from hessian_spectra.krylov.slq import slq, slq_lockstep  # noqa: E402
 from hessian_spectra.krylov.trace import hutchinson  # noqa: E402
-from hessian_spectra.parallel import distributed as D  # noqa: E402
 from hessian_spectra.weights.probe import WeightsSettings  # noqa: E402
 from support.models import mlp_case  # noqa: E402
 

@@ -16,9 +16,9 @@ TESTS = Path(__file__).resolve().parents[2]  # tests/: the shared test helpers (
 sys.path.insert(0, str(TESTS))
 
 import torch  # noqa: E402
+from hessian_spectra import parallel as D  # noqa: E402
 from hessian_spectra.errors import SpectraError  # noqa: E402
 from hessian_spectra.krylov.lanczos import lanczos  # noqa: E402
-from hessian_spectra.parallel import distributed as D  # noqa: E402
 from support.models import mlp_case  # noqa: E402
 
 
