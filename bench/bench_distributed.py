@@ -64,7 +64,7 @@ def worker(args: argparse.Namespace) -> int:
     from hessian_spectra.curvature.hessian import HessianOperator
     from hessian_spectra.curvature.losses import cross_entropy
     from hessian_spectra.krylov.slq import slq_lockstep
-    from hessian_spectra.weights.probe import WeightsSettings
+    from hessian_spectra.weights.plan import WeightsSettings
 
     torch.set_num_threads(1)
     info = D.init_distributed(device=args.device, timeout_s=600)

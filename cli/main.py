@@ -23,7 +23,7 @@ app = typer.Typer(
 @app.command()
 def version() -> None:
     """Print the versions of hessian-spectra and its main dependencies."""
-    from hessian_spectra.weights.probe import provenance
+    from hessian_spectra.weights.provenance import provenance
 
     info = provenance(seed=0)
     for key in ("tool_version", "python", "torch", "numpy", "scipy"):

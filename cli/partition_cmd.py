@@ -68,7 +68,7 @@ def run_partition(
         doc["verify"] = report.to_dict()
     else:
         doc = partition.to_dict()
-    from hessian_spectra.weights.probe import provenance
+    from hessian_spectra.weights.provenance import provenance
 
     doc["source"] = source
     doc["provenance"] = provenance(seed)

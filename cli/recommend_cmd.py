@@ -52,7 +52,9 @@ def run_recommend(
         render_markdown,
     )
     from hessian_spectra.io import atomic_write_json, atomic_write_text, staged_directory
-    from hessian_spectra.weights.probe import WeightsSettings, analyze_weights, provenance
+    from hessian_spectra.weights.plan import WeightsSettings
+    from hessian_spectra.weights.probe import analyze_weights
+    from hessian_spectra.weights.provenance import provenance
 
     if optimizer.lower() not in ("adamw", "muon"):
         raise InputError("--optimizer", f"must be adamw or muon, got {optimizer!r}")

@@ -32,7 +32,9 @@ def run_weights(
 ) -> None:
     """Validate arguments, analyse, then write every requested output in one atomic step."""
     from hessian_spectra.io import atomic_write_json, atomic_write_text, staged_directory
-    from hessian_spectra.weights.probe import WeightsSettings, analyze_weights, report_csv
+    from hessian_spectra.weights.plan import WeightsSettings
+    from hessian_spectra.weights.probe import analyze_weights
+    from hessian_spectra.weights.results import report_csv
 
     wanted = {f.strip().lower() for f in formats.split(",") if f.strip()}
     if not wanted or wanted - FORMATS:

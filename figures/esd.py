@@ -39,7 +39,7 @@ def plot_esd(singular_values: np.ndarray, metrics, path: str | Path, title: str 
 
 
 def plot_all_esds(report, folder: str | Path) -> list[Path]:
-    """One ESD PNG per analysed matrix of a :class:`hessian_spectra.weights.probe.WeightsReport`."""
+    """One ESD PNG per analysed matrix of a :class:`hessian_spectra.weights.results.WeightsReport`."""
     folder = Path(folder)
     paths = []
     for m in report.matrices:

@@ -99,7 +99,7 @@ class MatrixInput:
 
 
 def inputs_from_weights_report(report: Any) -> list[MatrixInput]:
-    """MatrixInputs from a :class:`hessian_spectra.weights.probe.WeightsReport` (matrices with a full, finite spectrum)."""
+    """MatrixInputs from a :class:`hessian_spectra.weights.results.WeightsReport` (matrices with a full, finite spectrum)."""
     out = []
     for m in report.matrices:
         s = getattr(m, "singular_values", None)

@@ -107,7 +107,8 @@ def analyze_model(
             )
     weights = recs = None
     if options.weights:
-        from hessian_spectra.weights.probe import WeightsSettings, analyze_weights
+        from hessian_spectra.weights.plan import WeightsSettings
+        from hessian_spectra.weights.probe import analyze_weights
 
         weights = analyze_weights(
             model if weights_source is None else weights_source,
@@ -152,7 +153,7 @@ def build_document(
     """The report.json document (schema :data:`SCHEMA_VERSION`): provenance, every section present
     (``null`` when not run) and the findings in plain words. ``kind``: "analyze" (``spectra analyze``)
     or "hessian" (``spectra hessian``: the Hessian part alone)."""
-    from hessian_spectra.weights.probe import provenance
+    from hessian_spectra.weights.provenance import provenance
 
     if kind not in ("analyze", "hessian"):
         raise ValueError(f"kind must be 'analyze' or 'hessian', got {kind!r}")

@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from hessian_spectra.checkpoints.reader import Checkpoint, TensorMeta
+from hessian_spectra.checkpoints.base import TensorMeta
+from hessian_spectra.checkpoints.reader import Checkpoint
 from hessian_spectra.weights.roles import tensor_role
 
 if TYPE_CHECKING:  # numpy arrays (the safetensors fast path) never need torch

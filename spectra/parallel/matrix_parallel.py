@@ -41,20 +41,16 @@ def analyze_weights_distributed(
 
     Each rank opens the checkpoint (headers only), reads just its own tensors one at a time and
     decomposes them (on ``device``: ``"auto"`` picks CUDA when available); results are gathered and
-    every rank returns the same :class:`~hessian_spectra.weights.probe.WeightsReport`, equal to the single-process one
+    every rank returns the same :class:`~hessian_spectra.weights.results.WeightsReport`, equal to the single-process one
     except for timing fields in ``provenance`` (which also records the world size and the loads).
     """
     from hessian_spectra.checkpoints.matrices import extract_matrices
     from hessian_spectra.checkpoints.reader import open_checkpoint
-    from hessian_spectra.weights.metrics import summarize
-    from hessian_spectra.weights.probe import (
-        WeightsReport,
-        WeightsSettings,
-        analyse_view,
-        compute_dtype_of,
-        plan_inventory,
-        provenance,
-    )
+    from hessian_spectra.weights.plan import WeightsSettings, compute_dtype_of, plan_inventory
+    from hessian_spectra.weights.probe import analyse_view
+    from hessian_spectra.weights.provenance import provenance
+    from hessian_spectra.weights.results import WeightsReport
+    from hessian_spectra.weights.summary import summarize
 
     settings = settings or WeightsSettings()
     compute_dtype = compute_dtype_of(settings)

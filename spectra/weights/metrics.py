@@ -1,9 +1,11 @@
 """Per-matrix weight-spectrum metrics (ranks, norms, conditioning, entropy, power-law alpha, MP edge).
 
+The MP statistics are computed in ``weights.marchenko``, the summary over matrices in ``weights.summary``.
+
 Notation: W is N x M with N >= M (shapes are oriented internally), sigma descending (min(N, M) values),
 lambda = sigma^2, p = lambda / sum(lambda).
 
-WeightWatcher 0.7.7 conventions (its ``analyze()`` defaults; see ``tests/test_weightwatcher_compat.py``):
+WeightWatcher 0.7.7 conventions (its ``analyze()`` defaults; see ``tests/weights/test_weightwatcher_compat.py``):
 W is *not* normalised; ``log_norm = log10(sum lambda) = log10(||W||_F^2)``; ``log_spectral_norm =
 log10(lambda_max) = log10(sigma_max^2)``; ``alpha_weighted = alpha * log10(lambda_max)``;
 ``log_alpha_norm = log10(sum lambda^alpha)`` over all eigenvalues; ``stable_rank = sum lambda /
@@ -18,136 +20,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
 
 import numpy as np
+from hessian_spectra.weights.marchenko import marchenko_pastur
 from hessian_spectra.weights.powerlaw import PowerLawFit, fit_power_law
-from hessian_spectra.weights.svd import PartialSpectrum
+from hessian_spectra.weights.svd_partial import PartialSpectrum
 
 __all__ = [
-    "MPFit",
     "MatrixMetrics",
-    "MetricSummary",
-    "ModelSummary",
     "PowerLawFit",
     "compute_metrics",
     "fit_power_law",
-    "marchenko_pastur",
-    "mp_median",
-    "summarize",
-    "TW1_QUANTILE_99",
 ]
 
 DEFAULT_RENYI_ORDERS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, math.inf)
-TW1_QUANTILE_99 = 2.0234  # 99% quantile of the Tracy-Widom (beta=1) law (Johnstone 2001, table 1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Marchenko-Pastur
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MPFit:
-    """Marchenko-Pastur bulk of a noise-plus-spikes model W = S + s Z (Z iid, unit variance).
-
-    ``noise_sigma`` = s estimated from the median singular value; ``bulk_edge`` = s (sqrt N + sqrt M);
-    ``margin`` = Tracy-Widom allowance added to the edge; ``n_spikes`` = #{sigma > edge + margin};
-    ``beta`` = M / N <= 1; ``gd_threshold`` = Gavish-Donoho optimal hard threshold omega(beta) * median.
-    """
-
-    noise_sigma: float
-    bulk_edge: float
-    n_spikes: int
-    margin: float
-    beta: float
-    gd_threshold: float
-
-    def to_dict(self) -> dict:
-        """JSON-safe dict."""
-        from hessian_spectra.io import json_safe
-
-        return json_safe(asdict(self))
-
-
-@lru_cache(maxsize=256)
-def mp_median(beta: float) -> float:
-    """Median of the Marchenko-Pastur law of eigenvalues of Z^T Z / N (Z is N x M iid unit variance, beta = M/N <= 1).
-
-    With x = c + r cos(theta) (c, r the centre and half-width of the support) the MP integrand becomes
-    smooth except near theta = pi when beta -> 1, so geometrically graded 24-point Gauss-Legendre
-    panels give the CDF to rounding and Newton's method converges in a few steps. Pure numpy: no scipy import on the weights probe's hot path.
-    """
-    if not 0.0 < beta <= 1.0:
-        raise ValueError(f"beta must be in (0, 1], got {beta}")
-    lo, hi = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
-    c, r = (lo + hi) / 2, (hi - lo) / 2
-    nodes, weights = np.polynomial.legendre.leggauss(24)
-
-    def integrand(theta: np.ndarray) -> np.ndarray:  # density(x) |dx/dtheta|, written to be finite at beta=1
-        # x = lo + 2 r k^2 and sin^2(theta) = 4 s^2 k^2 with k = cos(theta/2), s = sin(theta/2)
-        k2 = np.cos(np.asarray(theta) / 2) ** 2
-        s2 = np.sin(np.asarray(theta) / 2) ** 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(k2 > 0, k2 / (lo + 2 * r * k2), 0.0 if lo > 0 else 1 / (2 * r))
-        return 4 * r * r * s2 * ratio / (2 * math.pi * beta)
-
-    def cdf(theta: float) -> float:  # P(X <= c + r cos(theta)) = integral from theta to pi
-        # graded panels towards theta = pi, where 1/x varies on a scale sqrt(lo / r) when beta -> 1
-        width = math.pi - theta
-        edges = [theta]
-        while width > 1e-15:
-            width *= 0.25
-            edges.append(math.pi - width)
-        a, b = np.array(edges[:-1]), np.array(edges[1:])
-        half = (b - a)[:, None] / 2
-        return float(np.sum(half * weights * integrand(a[:, None] + half * (nodes + 1))))
-
-    grid = np.linspace(0.0, math.pi, 257)
-    values = np.array([cdf(t) for t in grid])  # decreasing from 1 to 0
-    theta = float(np.interp(0.5, values[::-1], grid[::-1]))
-    for _ in range(50):
-        step = (cdf(theta) - 0.5) / float(integrand(np.array(theta)))  # d cdf / d theta = -integrand
-        theta = min(max(theta + step, 0.0), math.pi)
-        if abs(step) < 1e-15:
-            break
-    return float(c + r * math.cos(theta))
-
-
-def _gd_omega(beta: float) -> float:
-    """Gavish-Donoho omega(beta) ~ 0.56 b^3 - 0.95 b^2 + 1.82 b + 1.43 (their cubic fit, unknown noise)."""
-    return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
-
-
-def marchenko_pastur(
-    singular_values: np.ndarray, shape: tuple[int, int], *, tw_quantile: float = TW1_QUANTILE_99
-) -> MPFit:
-    """Robust MP bulk edge and spike count of one matrix from its full singular spectrum.
-
-    Noise: for W = s Z, sigma_median ~ s sqrt(N mu_beta) where mu_beta is the exact MP median
-    (:func:`mp_median`; this is the quantity behind Gavish-Donoho's omega(beta)), so
-    s = sigma_median / sqrt(N mu_beta), robust to a few spikes. Edge: s (sqrt N + sqrt M).
-    Margin: Johnstone's Tracy-Widom scaling of the largest eigenvalue, lambda_max ~ mu + sigma_J TW1 with
-    mu = (sqrt N + sqrt M)^2 and sigma_J = (sqrt N + sqrt M)(1/sqrt N + 1/sqrt M)^(1/3), carried to
-    singular values: margin = s * tw_quantile * (1/sqrt N + 1/sqrt M)^(1/3) / 2 (99% quantile by default,
-    so a pure-noise matrix reports a spike with probability ~1%).
-    """
-    s = np.sort(np.asarray(singular_values, dtype=np.float64))[::-1]
-    n, m = max(shape), min(shape)
-    if s.size != m:
-        raise ValueError(f"need all {m} singular values of a {shape} matrix, got {s.size}")
-    beta = m / n
-    med = float(np.median(s))
-    noise = med / math.sqrt(n * mp_median(beta))
-    edge = noise * (math.sqrt(n) + math.sqrt(m))
-    margin = noise * tw_quantile * 0.5 * (1 / math.sqrt(n) + 1 / math.sqrt(m)) ** (1 / 3)
-    n_spikes = int(np.count_nonzero(s > edge + margin))
-    return MPFit(noise, edge, n_spikes, margin, beta, _gd_omega(beta) * med)
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-matrix metrics
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -371,81 +257,3 @@ def _partial_metrics(
         n_nonfinite=n_nonfinite,
     )
     return MatrixMetrics(**kw)
-
-
-# --------------------------------------------------------------------------------------------------
-# Model summary
-# --------------------------------------------------------------------------------------------------
-
-OUTLIER_RULE = "|x - median| > 5 * 1.4826 * MAD (MAD = median |x - median|); none flagged when MAD = 0"
-
-
-@dataclass(frozen=True)
-class MetricSummary:
-    """Distribution of one metric over matrices: robust centre, mean, mean without outliers, who is out."""
-
-    metric: str
-    n: int
-    median: float | None
-    mean: float | None
-    mean_without_outliers: float | None
-    geometric_mean: float | None  # None unless every value is > 0 (e.g. GMCN for the modified kappa)
-    outliers: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        """JSON-safe dict."""
-        from hessian_spectra.io import json_safe
-
-        return json_safe(asdict(self))
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """Per-metric summaries over a model's matrices, and the outlier rule used."""
-
-    n_matrices: int
-    metrics: dict[str, MetricSummary]
-    outlier_rule: str = OUTLIER_RULE
-
-    def to_dict(self) -> dict:
-        """JSON-safe dict."""
-        return {
-            "n_matrices": self.n_matrices,
-            "outlier_rule": self.outlier_rule,
-            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
-        }
-
-
-def summarize(metrics: Sequence[MatrixMetrics], *, mad_k: float = 5.0) -> ModelSummary:
-    """Median, mean, mean without outliers and named outliers of every scalar metric (finite values only).
-
-    Outliers: ``|x - median| > mad_k * 1.4826 * MAD`` (1.4826 MAD estimates a Gaussian sigma, so the
-    default flags values ~5 sigma from the centre, robust to the outliers themselves).
-    """
-    out: dict[str, MetricSummary] = {}
-    for key in SCALAR_METRICS:
-        names, vals = [], []
-        for i, mm in enumerate(metrics):
-            v = getattr(mm, key)
-            if v is not None and math.isfinite(float(v)):
-                names.append(mm.name or f"#{i}")
-                vals.append(float(v))
-        x = np.asarray(vals)
-        if x.size == 0:
-            out[key] = MetricSummary(key, 0, None, None, None, None, ())
-            continue
-        med = float(np.median(x))
-        mad = float(np.median(np.abs(x - med)))
-        is_out = np.abs(x - med) > mad_k * 1.4826 * mad if mad > 0 else np.zeros(x.size, bool)
-        keep = x[~is_out]
-        gmean = float(np.exp(np.mean(np.log(x)))) if np.all(x > 0) else None
-        out[key] = MetricSummary(
-            metric=key,
-            n=int(x.size),
-            median=med,
-            mean=float(x.mean()),
-            mean_without_outliers=float(keep.mean()) if keep.size else None,
-            geometric_mean=gmean,
-            outliers=tuple(nm for nm, o in zip(names, is_out, strict=True) if o),
-        )
-    return ModelSummary(n_matrices=len(metrics), metrics=out)

@@ -2,121 +2,33 @@
 
 Tensors are read one at a time from the checkpoint, turned into matrices by the rules in
 :mod:`hessian_spectra.checkpoints.matrices`, and reduced to singular values in float64 (or the requested dtype); only the
-singular values are kept, so peak memory is about the largest tensor plus working space.
+singular values are kept, so peak memory is about the largest tensor plus working space. This module is the
+run (CPU, numpy or torch, and the batched device path); what to compute is planned in
+:mod:`hessian_spectra.weights.plan`, the result types are in :mod:`hessian_spectra.weights.results`.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from hessian_spectra.checkpoints.matrices import (
-    ExtractOptions,
-    MatrixView,
-    TensorRecord,
-    extract_matrices,
-    plan_tensor,
-)
-from hessian_spectra.checkpoints.reader import Checkpoint, FileInfo, open_checkpoint
-from hessian_spectra.weights.metrics import MatrixMetrics, ModelSummary, compute_metrics, summarize
-from hessian_spectra.weights.svd import count_nonfinite, partial_singular_values, singular_values
+from hessian_spectra.checkpoints.matrices import MatrixView, TensorRecord, extract_matrices
+from hessian_spectra.checkpoints.reader import Checkpoint, open_checkpoint
+from hessian_spectra.weights.metrics import compute_metrics
+from hessian_spectra.weights.plan import WeightsSettings, _spectrum_plan, compute_dtype_of, plan_inventory
+from hessian_spectra.weights.provenance import provenance
+from hessian_spectra.weights.results import MatrixReport, WeightsReport
+from hessian_spectra.weights.summary import summarize
+from hessian_spectra.weights.svd import count_nonfinite, singular_values
+from hessian_spectra.weights.svd_partial import partial_singular_values
 
 if TYPE_CHECKING:  # torch is imported only for .bin/.pt checkpoints and live modules
     import torch
 
-SCHEMA_VERSION = "hessian-spectra/weights/1"
-
-#: Matrices with more elements than this get a partial (top/bottom-k) spectrum unless told otherwise.
-DEFAULT_FULL_MAX_ELEMENTS = 150_000_000
-
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class WeightsSettings:
-    """Everything that changes the numbers of a weights report (recorded in its provenance)."""
-
-    layers: tuple[str, ...] = ()
-    topk: int | None = None
-    dtype: str = "float64"
-    method: str = "auto"
-    threads: int | None = None
-    seed: int = 0
-    full_max_elements: int = DEFAULT_FULL_MAX_ELEMENTS
-    min_dim: int = 2
-    conv_rule: str = "flatten"
-    split_qkv: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class MatrixReport:
-    """One analysed matrix: where it came from, its status and its metrics.
-
-    ``status`` is ``"ok"``, ``"partial"`` (top/bottom-k only: full-spectrum metrics are None) or
-    ``"nonfinite"`` (the matrix holds NaN/Inf; no metrics are computed, ``n_nonfinite`` says how many).
-    """
-
-    name: str
-    tensor_name: str
-    kind: str
-    role: str
-    shape: tuple[int, int]
-    status: str
-    note: str
-    n_nonfinite: int
-    metrics: MatrixMetrics | None
-    singular_values: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "tensor_name": self.tensor_name,
-            "kind": self.kind,
-            "role": self.role,
-            "shape": list(self.shape),
-            "status": self.status,
-            "note": self.note,
-            "n_nonfinite": self.n_nonfinite,
-            "metrics": None if self.metrics is None else self.metrics.to_dict(),
-        }
-
-
-@dataclass(frozen=True)
-class WeightsReport:
-    """The result of :func:`analyze_weights`: inventory, per-matrix metrics, summary and provenance."""
-
-    source: str
-    files: tuple[FileInfo, ...]
-    inventory: tuple[TensorRecord, ...]
-    matrices: tuple[MatrixReport, ...]
-    summary: ModelSummary
-    settings: WeightsSettings
-    provenance: dict[str, Any]
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "source": self.source,
-            "files": [asdict(f) for f in self.files],
-            "settings": self.settings.to_dict(),
-            "provenance": self.provenance,
-            "notes": list(self.notes),
-            "summary": self.summary.to_dict(),
-            "matrices": [m.to_dict() for m in self.matrices],
-            "inventory": [_record_dict(r) for r in self.inventory],
-        }
 
 
 def analyze_weights(
@@ -246,9 +158,9 @@ def analyse_views(
     batch: bool | None = None,
 ) -> list[MatrixReport]:
     """:func:`analyse_view` for many matrices, in order; the full spectra of finite torch matrices are
-    computed by :func:`hessian_spectra.weights.svd.singular_values_batched` (one batched call per shape when ``batch``;
+    computed by :func:`hessian_spectra.weights.svd_batched.singular_values_batched` (one batched call per shape when ``batch``;
     None: only off the CPU, where batching pays). Partial spectra and NaN/Inf matrices go one by one."""
-    from hessian_spectra.weights.svd import singular_values_batched
+    from hessian_spectra.weights.svd_batched import singular_values_batched
 
     out: list[MatrixReport | None] = [None] * len(views)
     full: list[int] = []
@@ -301,31 +213,6 @@ def _thread_limit(threads: int, use_numpy: bool):
     return limited()
 
 
-def compute_dtype_of(settings: WeightsSettings) -> torch.dtype:
-    """The torch dtype the spectra are computed in (validated: float64 or float32)."""
-    import torch
-
-    if settings.dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be float64 or float32, got {settings.dtype!r}")
-    return torch.float64 if settings.dtype == "float64" else torch.float32
-
-
-def plan_inventory(ckpt: Checkpoint, settings: WeightsSettings) -> list[TensorRecord]:
-    """One record per tensor from metadata alone: analysed (with its matrices) or skipped with a reason."""
-    options = ExtractOptions(
-        min_dim=settings.min_dim, conv_rule=settings.conv_rule, split_qkv=settings.split_qkv
-    )
-    records = []
-    for name in ckpt.names():
-        record = plan_tensor(
-            ckpt.meta(name), config=ckpt.config, module_type=ckpt.module_types.get(name), options=options
-        )
-        if record.status == "analysed" and settings.layers and not _selected(name, settings.layers):
-            record = _skip(record, "not selected by --layers")
-        records.append(record)
-    return records
-
-
 def analyse_view(
     view: MatrixView, config: dict | None, settings: WeightsSettings, compute_dtype: torch.dtype | str
 ) -> MatrixReport:
@@ -336,7 +223,7 @@ def analyse_view(
     format gets the same numpy/LAPACK arithmetic and identical numbers; other devices stay in torch."""
     matrix = view.matrix
     if not isinstance(matrix, np.ndarray) and matrix.device.type == "cpu":
-        from hessian_spectra.checkpoints.reader import _torch_to_numpy
+        from hessian_spectra.checkpoints.base import _torch_to_numpy
 
         matrix = _torch_to_numpy(matrix.detach())
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
@@ -359,125 +246,6 @@ def analyse_view(
         metrics = compute_metrics(sv, shape, name=view.name, dtype=settings.dtype)
         status = "ok"
     return MatrixReport(view.name, view.tensor_name, view.kind, role, shape, status, note, 0, metrics, sv)
-
-
-def _spectrum_plan(shape: tuple[int, int], settings: WeightsSettings) -> tuple[int | None, str, str]:
-    """``(k, which, note)``: k None for a full spectrum, else the partial spectrum to compute and why."""
-    numel = shape[0] * shape[1]
-    k, which, note = settings.topk, "both", ""
-    if k is None and numel > settings.full_max_elements:
-        # automatic fallback for huge matrices: top-k by matrix-vector products only (bottom-k needs a
-        # QR factor, i.e. a float64 copy of the whole matrix, which is what this path avoids)
-        k, which = 64, "top"
-        note = f"{numel} elements > full_max_elements={settings.full_max_elements}: top-{k} only"
-    if k is not None and k >= min(shape):
-        return None, which, note
-    return k, which, note
-
-
-def provenance(seed: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Versions, platform, time and seed: what a reader needs to reproduce a report."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        own = version("hessian-spectra")
-    except PackageNotFoundError:  # running from a checkout that was never installed
-        own = "0+unknown"
-    info: dict[str, Any] = {
-        "tool": "hessian-spectra",
-        "tool_version": own,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": _torch_version(),
-        "numpy": np.__version__,
-        "scipy": version("scipy"),
-        "seed": seed,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        # None when torch was never imported (the safetensors fast path does not need it)
-        "torch_threads": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None,
-    }
-    info.update(extra or {})
-    return info
-
-
-def _torch_version() -> str | None:
-    """torch's version without importing it (package metadata), or None when it is not installed."""
-    if "torch" in sys.modules:
-        return sys.modules["torch"].__version__
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("torch")
-    except PackageNotFoundError:
-        return None
-
-
-CSV_COLUMNS_HEAD = ("name", "tensor_name", "kind", "role", "rows", "cols", "status", "n_nonfinite")
-
-
-def report_rows(report: WeightsReport) -> list[dict[str, Any]]:
-    """Flatten the per-matrix results into CSV rows (one per matrix, metrics as columns)."""
-    rows = []
-    for m in report.matrices:
-        row: dict[str, Any] = {
-            "name": m.name, "tensor_name": m.tensor_name, "kind": m.kind, "role": m.role,
-            "rows": m.shape[0], "cols": m.shape[1], "status": m.status, "n_nonfinite": m.n_nonfinite,
-        }  # fmt: skip
-        if m.metrics is not None:
-            for key, value in m.metrics.to_dict().items():
-                if key in ("name", "shape"):
-                    continue
-                if isinstance(value, dict):
-                    for sub, subval in value.items():
-                        row[f"{key}_{sub}"] = subval
-                elif isinstance(value, list | tuple):
-                    row[key] = "; ".join(str(v) for v in value)
-                else:
-                    row[key] = value
-        row["note"] = m.note
-        rows.append(row)
-    return rows
-
-
-def report_csv(report: WeightsReport) -> str:
-    """The CSV text of :func:`report_rows` (columns in first-seen order; empty cell = not computed)."""
-    import csv
-    import io
-    import math
-
-    rows = report_rows(report)
-    columns: list[str] = []
-    for row in rows:
-        for key in row:
-            if key not in columns:
-                columns.append(key)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        clean = {
-            k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
-            for k, v in row.items()
-        }
-        writer.writerow(clean)
-    return buf.getvalue()
-
-
-def _selected(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _skip(record: TensorRecord, reason: str) -> TensorRecord:
-    from dataclasses import replace
-
-    return replace(record, status="skipped", reason=reason, matrices=())
-
-
-def _record_dict(record: TensorRecord) -> dict[str, Any]:
-    d = asdict(record)
-    d["shape"] = list(record.shape)
-    d["matrices"] = list(record.matrices)
-    return d
 
 
 def _join(a: str, b: str) -> str:

@@ -1,46 +1,21 @@
-"""Singular values of weight matrices: exact float64 (SVD or Gram + eigvalsh), batched by shape, top/bottom-k.
+"""Exact singular values of one weight matrix: float64 SVD or slab-wise Gram + eigvalsh, numpy or torch.
 
-Accuracy (float64, W of shape N x M, kappa = sigma_max / sigma_min):
-
-* ``method="svd"`` (``torch.linalg.svdvals`` in float64) is backward stable: every singular value is
-  exact to about ``eps64 * sigma_max`` absolute, so sigma_i is relatively accurate to
-  ``~eps64 * sigma_max / sigma_i``.
-* ``method="gram"`` forms the smaller Gram matrix ``W^T W`` in float64 and runs ``eigvalsh``. Eigenvalues
-  are exact to ``~eps64 * sigma_max^2`` absolute, so ``sigma_i`` has relative error
-  ``~eps64 * (sigma_max / sigma_i)^2 / 2``: 1e-16 at the top, ~1e-6 for sigma_min when kappa = 1e5, and
-  meaningless beyond kappa ~ 1e8. It is ~2x faster than the SVD on transformer matrices and much
-  faster on very tall ones (embeddings), which is why it is the default.
-* ``method="auto"`` uses the Gram result when its own estimate of ``sigma_min / sigma_max`` is at least
-  ``min_rcond`` (1e-5: sigma_min then carries <= ~1e-6 relative error) and otherwise recomputes with
-  the SVD, so ill-conditioned matrices still get an accurate sigma_min.
-* float32 paths are not accurate for small singular values (REFERENCE section 4: fp32 svdvals is off by
-  up to 8.5e-4 on sigma_min, an fp32 Gram path by 260%); ``dtype=torch.float32`` is allowed for speed
-  and the caller must state it in results.
-
-Matrices with NaN/Inf entries never raise here: they get an all-NaN spectrum (see
-:func:`count_nonfinite`) so a caller can report them per matrix.
+Also home of what the batched (``svd_batched``) and partial (``svd_partial``) paths share: the NaN/Inf
+count and the input/dtype checks. ``method="auto"`` takes the Gram path and falls back to the SVD for
+ill-conditioned matrices; NaN/Inf matrices get an all-NaN spectrum, never an exception.
+Design notes: spectra/docs/svd-accuracy.md.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from hessian_spectra.errors import ConvergenceWarning
 
 if TYPE_CHECKING:  # torch is imported lazily: numpy inputs (the safetensors fast path) never load it
     import torch
 
-__all__ = [
-    "PartialSpectrum",
-    "count_nonfinite",
-    "partial_singular_values",
-    "singular_values",
-    "singular_values_batched",
-]
+__all__ = ["count_nonfinite", "singular_values"]
 
 Method = Literal["auto", "gram", "svd"]
 DEFAULT_MIN_RCOND = 1e-5
@@ -154,13 +129,6 @@ def _gram(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
-def _gram_sv(w: torch.Tensor) -> torch.Tensor:
-    """Descending singular values of a (batch of) matrices from the smaller Gram matrix; w already cast."""
-    n, m = w.shape[-2], w.shape[-1]
-    g = w.mT @ w if n >= m else w @ w.mT
-    return _eig_to_sv(g)
-
-
 def _eig_to_sv(g: torch.Tensor) -> torch.Tensor:
     import torch
 
@@ -182,7 +150,7 @@ def singular_values(
 ) -> np.ndarray:
     """All min(N, M) singular values of ``matrix``, descending, as a float64 numpy array.
 
-    Computed in ``dtype`` (float64 by default, see the module docstring for the accuracy of each
+    Computed in ``dtype`` (float64 by default, see spectra/docs/svd-accuracy.md for the accuracy of each
     ``method``). A matrix with any NaN/Inf entry returns an all-NaN array instead of raising. A numpy
     array is decomposed with numpy/LAPACK and never imports torch (the safetensors fast path).
     """
@@ -217,257 +185,3 @@ def _needs_svd(s: torch.Tensor | np.ndarray, min_rcond: float) -> bool:
     if smax == 0.0:
         return False  # zero matrix: the Gram path is exact
     return float(s[-1]) / smax < min_rcond
-
-
-def singular_values_batched(
-    matrices: Sequence[torch.Tensor],
-    *,
-    dtype: torch.dtype | str = "float64",
-    method: Method = "auto",
-    min_rcond: float = DEFAULT_MIN_RCOND,
-    batch: bool | None = None,
-) -> list[np.ndarray]:
-    """Singular values of many matrices, in input order; same values and accuracy as :func:`singular_values`.
-
-    With ``batch=True`` same-(oriented)-shape matrices are stacked and decomposed in one batched
-    Gram/eigvalsh (or svdvals) call per shape; under ``"auto"`` any matrix whose Gram estimate is
-    ill-conditioned is redone alone with the SVD. ``batch=None`` batches only off-CPU: on CPU (2 cores,
-    MiniLM's 39 matrices, 1 thread) batching measured 1.41 s vs 1.16-1.27 s one by one, since LAPACK
-    loops over the batch anyway and stacking costs a copy.
-    """
-    import torch
-
-    _check_method(method)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, _np_dtype(dtype).name)
-    mats = [_as_2d(m) for m in matrices]
-    if batch is None:
-        batch = any(m.device.type != "cpu" for m in mats)
-    if not batch:
-        return [singular_values(m, dtype=dtype, method=method, min_rcond=min_rcond) for m in mats]
-    out: list[np.ndarray] = [np.zeros(0)] * len(mats)
-    groups: dict[tuple[int, int, torch.device], list[int]] = {}
-    for i, w in enumerate(mats):
-        k = min(w.shape)
-        if k == 0:
-            out[i] = np.zeros(0)
-        elif count_nonfinite(w):
-            out[i] = np.full(k, np.nan)
-        else:
-            groups.setdefault((max(w.shape), k, w.device), []).append(i)
-    with torch.no_grad():
-        for idx in groups.values():
-            oriented = [mats[i] if mats[i].shape[0] >= mats[i].shape[1] else mats[i].mT for i in idx]
-            stack = torch.stack([w.to(dtype) for w in oriented])
-            s = torch.linalg.svdvals(stack) if method == "svd" else _gram_sv(stack)
-            for j, i in enumerate(idx):
-                sj = s[j]
-                if method == "auto" and _needs_svd(sj, min_rcond):
-                    sj = torch.linalg.svdvals(oriented[j].to(dtype))
-                out[i] = sj.double().cpu().numpy()
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Partial spectra (top-k / bottom-k) for matrices too large for a full decomposition
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PartialSpectrum:
-    """Some extreme singular values of one matrix, with a posteriori error bounds.
-
-    ``top`` is descending (``top[0]`` = sigma_max); ``bottom`` is descending too (``bottom[-1]`` =
-    sigma_min). ``*_residuals[i]`` is ``sqrt((||A v - s u||^2 + ||A^T u - s v||^2) / 2)``, which bounds
-    the distance from ``s`` to the nearest true singular value (eigen-residual of the Jordan-Wielandt
-    matrix). ``converged`` is True only when every residual is <= ``tol * top-or-largest value``.
-    ``frobenius_norm`` is computed exactly from the entries so norm-based metrics stay available.
-    """
-
-    shape: tuple[int, int]
-    which: str
-    top: np.ndarray | None
-    bottom: np.ndarray | None
-    top_residuals: np.ndarray | None
-    bottom_residuals: np.ndarray | None
-    converged: bool
-    tol: float
-    frobenius_norm: float
-    method: str
-    dtype: str = "float64"
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    def to_dict(self) -> dict:
-        """JSON-safe dict (arrays become lists, non-finite floats None)."""
-        from hessian_spectra.io import json_safe
-
-        return json_safe(
-            {
-                "shape": list(self.shape),
-                "which": self.which,
-                "top": self.top,
-                "bottom": self.bottom,
-                "top_residuals": self.top_residuals,
-                "bottom_residuals": self.bottom_residuals,
-                "converged": self.converged,
-                "tol": self.tol,
-                "frobenius_norm": self.frobenius_norm,
-                "method": self.method,
-                "dtype": self.dtype,
-                "notes": list(self.notes),
-            }
-        )
-
-
-def _triplet_residuals(a: np.ndarray, u: np.ndarray, s: np.ndarray, vt: np.ndarray) -> np.ndarray:
-    """Per-triplet residual sqrt((||A v - s u||^2 + ||A^T u - s v||^2)/2) for columns u, rows vt."""
-    r1 = a @ vt.T - u * s
-    r2 = a.T @ u - vt.T * s
-    return np.sqrt((np.sum(r1 * r1, axis=0) + np.sum(r2 * r2, axis=0)) / 2.0)
-
-
-def partial_singular_values(
-    matrix: torch.Tensor,
-    k: int,
-    *,
-    which: Literal["top", "bottom", "both"] = "top",
-    seed: int = 0,
-    tol: float = 1e-10,
-    max_iter: int | None = None,
-) -> PartialSpectrum:
-    """Top-k and/or bottom-k singular values of ``matrix`` in float64 with residuals and a converged flag.
-
-    Method: ARPACK (``scipy.sparse.linalg.eigsh``, implicitly restarted Lanczos, seeded Gaussian ``v0``)
-    on the Gram operator of the *smaller* side, so the bottom-k of a rectangular matrix are its true
-    smallest singular values, never the structural zeros of the larger Gram. Top-k: Lanczos on
-    ``A^T A``. Bottom-k: shift-invert at 0, i.e. Lanczos on ``(R^T R)^-1`` with ``A = QR`` (plain ARPACK
-    "SM" on ``A^T A`` failed to converge in 800 restarts on a kappa=100 test matrix). The QR costs
-    ~2NM^2 (cheaper than the full SVD, much cheaper for tall matrices); top-k costs only matvecs. We use
-    ARPACK rather than a hand-written Lanczos because implicit restarts bound memory at O(k min(N, M))
-    and its convergence test is proven; the singular values are re-derived by Rayleigh-Ritz from an SVD
-    of ``A V`` and we check every triplet's residual ourselves. Matrices with
-    ``k >= min(N, M) - 1`` (ARPACK's limit) use the dense float64 SVD instead. Non-convergence never
-    raises: the converged values are returned, the rest are NaN, ``converged`` is False and a
-    :class:`ConvergenceWarning` is emitted.
-    """
-
-    if which not in ("top", "bottom", "both"):
-        raise ValueError(f"which must be 'top', 'bottom' or 'both', got {which!r}")
-    w = matrix if isinstance(matrix, np.ndarray) else _as_2d(matrix)
-    if w.ndim != 2:
-        raise ValueError(f"expected a 2-D matrix, got shape {tuple(w.shape)}")
-    n, m = w.shape
-    r = min(n, m)
-    if not 1 <= k <= r:
-        raise ValueError(f"k must be in [1, {r}] for a {n} x {m} matrix, got {k}")
-    if count_nonfinite(w):
-        nan = np.full(k, np.nan)
-        return PartialSpectrum(
-            (n, m), which, nan if which != "bottom" else None, nan if which != "top" else None,
-            nan if which != "bottom" else None, nan if which != "top" else None, False, tol,
-            float("nan"), "nonfinite", notes=("matrix has non-finite entries",),
-        )  # fmt: skip
-    a = w.astype(np.float64) if isinstance(w, np.ndarray) else w.double().cpu().numpy()
-    fro = float(np.linalg.norm(a))
-    notes: list[str] = []
-    results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    parts = ["top", "bottom"] if which == "both" else [which]
-
-    if k >= r - 1:
-        u, s, vt = np.linalg.svd(a, full_matrices=False)
-        res = _triplet_residuals(a, u, s, vt)
-        for part in parts:
-            sl = slice(0, k) if part == "top" else slice(r - k, r)
-            results[part] = (s[sl], res[sl])
-        method = "dense-svd"
-    else:
-        method = "arpack"
-        a_t = a if n >= m else a.T  # tall orientation: right vectors live in R^r
-        rng = np.random.default_rng(seed)
-        for part in parts:
-            s, res, note = _arpack_part(a_t, k, part, rng.standard_normal(r), tol, max_iter)
-            if note:
-                notes.append(note)
-            results[part] = (s, res)
-
-    scale = max(float(np.nanmax(results[p][0])) if np.isfinite(results[p][0]).any() else 0.0 for p in parts)
-    converged = all(
-        np.all(np.isfinite(results[p][1])) and np.all(results[p][1] <= tol * max(scale, np.finfo(float).tiny))
-        for p in parts
-    )
-    if not converged:
-        warnings.warn(
-            f"partial_singular_values({which}, k={k}) on {n}x{m}: residuals above tol={tol:g}",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
-    top = results.get("top")
-    bot = results.get("bottom")
-    return PartialSpectrum(
-        shape=(n, m),
-        which=which,
-        top=None if top is None else top[0],
-        bottom=None if bot is None else bot[0],
-        top_residuals=None if top is None else top[1],
-        bottom_residuals=None if bot is None else bot[1],
-        converged=bool(converged),
-        tol=tol,
-        frobenius_norm=fro,
-        method=method,
-        notes=tuple(notes),
-    )
-
-
-def _ritz(a_t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rayleigh-Ritz singular values (descending) and residuals of tall ``a_t`` on the span of columns ``v``."""
-    q, s, wt = np.linalg.svd(a_t @ v, full_matrices=False)
-    vt = (v @ wt.T).T
-    return s, _triplet_residuals(a_t, q, s, vt)
-
-
-def _arpack_part(
-    a_t: np.ndarray, k: int, part: str, v0: np.ndarray, tol: float, max_iter: int | None
-) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """Top-k (Lanczos on A^T A) or bottom-k (shift-invert Lanczos on (A^T A)^-1 via a QR factor of A).
-
-    The bottom uses ``(R^T R)^{-1} x`` with two triangular solves, so the smallest singular values become
-    the best-separated largest eigenvalues (fast convergence) and R is never squared explicitly.
-    """
-    from scipy.linalg import qr, solve_triangular, svdvals
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
-    r = a_t.shape[1]
-    if part == "top":
-        op = LinearOperator((r, r), matvec=lambda x: a_t.T @ (a_t @ x), dtype=np.float64)
-    else:
-        rr = qr(a_t, mode="r", check_finite=False)[0][:r]
-        d = np.abs(np.diag(rr))
-        if d.min() <= np.finfo(float).eps * d.max() * r:
-            # (numerically) singular: the inverse operator does not exist; take R's exact small values
-            s = svdvals(rr)[-k:]
-            return s, np.zeros(k), "bottom-k from a dense SVD of the QR factor (matrix is rank deficient)"
-
-        def inv_gram(x: np.ndarray) -> np.ndarray:
-            y = solve_triangular(rr, x, trans="T", check_finite=False)
-            return solve_triangular(rr, y, check_finite=False)
-
-        op = LinearOperator((r, r), matvec=inv_gram, dtype=np.float64)
-    note = None
-    try:
-        # Ritz values converge quadratically, vectors (hence our residuals) only linearly: ask ARPACK for
-        # 1e-3 * tol so the residual test below passes when the values are right.
-        _, vecs = eigsh(op, k=k, which="LA", v0=v0, tol=tol * 1e-3, maxiter=max_iter)
-    except ArpackNoConvergence as err:
-        vecs = err.eigenvectors
-        note = f"ARPACK did not converge for {part}-{k}; {0 if vecs is None else vecs.shape[1]} vectors kept"
-    s_out = np.full(k, np.nan)
-    r_out = np.full(k, np.nan)
-    if vecs is None or vecs.size == 0:
-        return s_out, r_out, note
-    s, res = _ritz(a_t, vecs)
-    c = s.size
-    if part == "top":
-        s_out[:c], r_out[:c] = s, res
-    else:
-        s_out[k - c :], r_out[k - c :] = s, res
-    return s_out, r_out, note

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from hessian_spectra.checkpoints.base import TensorMeta
 from hessian_spectra.checkpoints.matrices import (
     ExtractOptions,
     attention_layout,
@@ -14,7 +15,7 @@ from hessian_spectra.checkpoints.matrices import (
     plan_checkpoint,
     plan_tensor,
 )
-from hessian_spectra.checkpoints.reader import TensorMeta, open_checkpoint
+from hessian_spectra.checkpoints.reader import open_checkpoint
 from support import ckpt_factory as cf
 
 

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hessian_spectra.weights.probe import WeightsSettings, analyze_weights
+from hessian_spectra.weights.plan import WeightsSettings
+from hessian_spectra.weights.probe import analyze_weights
 from support import ckpt_factory as cf
 from support.cli import assert_clean_failure, run_cli
 

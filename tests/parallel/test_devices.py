@@ -128,15 +128,11 @@ def test_analyze_records_where_the_model_ran(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- weights probe
 def test_weights_device_path_batches_by_shape_and_equals_the_cpu_report(tmp_path, monkeypatch):
     """The GPU code path (tensor -> device -> views -> batched svdvals per shape), driven on the CPU."""
-    import hessian_spectra.weights.svd as svd
+    import hessian_spectra.weights.svd_batched as svd
     from hessian_spectra.checkpoints.examples import write_example_checkpoint
     from hessian_spectra.checkpoints.reader import open_checkpoint
-    from hessian_spectra.weights.probe import (
-        WeightsSettings,
-        analyse_on_device,
-        analyze_weights,
-        plan_inventory,
-    )
+    from hessian_spectra.weights.plan import WeightsSettings, plan_inventory
+    from hessian_spectra.weights.probe import analyse_on_device, analyze_weights
 
     path = write_example_checkpoint(tmp_path / "ex")
     settings = WeightsSettings()

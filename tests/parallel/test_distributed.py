@@ -29,7 +29,8 @@ from hessian_spectra.krylov.lanczos import block_seed, lanczos, lanczos_lockstep
 from hessian_spectra.krylov.linop import DenseBlockOperator
 from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
 from hessian_spectra.krylov.trace import hutchinson
-from hessian_spectra.weights.probe import WeightsSettings, analyze_weights
+from hessian_spectra.weights.plan import WeightsSettings
+from hessian_spectra.weights.probe import analyze_weights
 from support.ckpt_factory import tiny_state_dict, write_sharded_safetensors
 from support.models import mlp_case
 

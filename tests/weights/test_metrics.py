@@ -1,4 +1,4 @@
-"""hessian_spectra.weights.metrics / hessian_spectra.weights.powerlaw against closed forms on planted spectra and brute-force oracles."""
+"""hessian_spectra.weights.metrics / marchenko / summary / powerlaw against closed forms on planted spectra and brute-force oracles."""
 
 from __future__ import annotations
 
@@ -8,16 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from hessian_spectra.weights.metrics import (
-    MatrixMetrics,
-    compute_metrics,
-    marchenko_pastur,
-    mp_median,
-    renyi_rank,
-    summarize,
-)
+from hessian_spectra.weights.marchenko import marchenko_pastur, mp_median
+from hessian_spectra.weights.metrics import MatrixMetrics, compute_metrics, renyi_rank
 from hessian_spectra.weights.powerlaw import fit_power_law
-from hessian_spectra.weights.svd import partial_singular_values, singular_values
+from hessian_spectra.weights.summary import summarize
+from hessian_spectra.weights.svd import singular_values
+from hessian_spectra.weights.svd_partial import partial_singular_values
 from support.oracles import planted_singular as planted
 
 

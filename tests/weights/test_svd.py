@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import torch
 from hessian_spectra.errors import ConvergenceWarning
-from hessian_spectra.weights.svd import (
-    PartialSpectrum,
-    count_nonfinite,
-    partial_singular_values,
-    singular_values,
-    singular_values_batched,
-)
+from hessian_spectra.weights.svd import count_nonfinite, singular_values
+from hessian_spectra.weights.svd_batched import singular_values_batched
+from hessian_spectra.weights.svd_partial import PartialSpectrum, partial_singular_values
 from support.oracles import planted_singular as planted
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from hessian_spectra.checkpoints.reader import open_checkpoint
-from hessian_spectra.weights.probe import WeightsSettings, analyze_weights
+from hessian_spectra.weights.plan import WeightsSettings
+from hessian_spectra.weights.probe import analyze_weights
 from hessian_spectra.weights.svd import count_nonfinite, singular_values
 from support.ckpt_factory import TINY_CONFIG, tiny_state_dict, write_bin, write_hf_dir, write_safetensors
 

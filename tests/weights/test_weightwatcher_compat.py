@@ -107,7 +107,7 @@ def _compare(details, model) -> int:
         assert abs(mm.spectral_entropy - row["entropy"]) <= 2 * eps_effect, name
         assert eps_effect < 1e-6
         # sigma_min: ww uses a float64 LAPACK SVD; our Gram path carries ~eps * kappa^2 relative error on
-        # it (module docstring of hessian_spectra.weights.svd), at most ~1e-6 here (kappa <= 8.2e4).
+        # it (spectra/docs/svd-accuracy.md), at most ~1e-6 here (kappa <= 8.2e4).
         kappa = mm.condition_number
         assert abs(mm.sigma_min - row["sv_min"]) / row["sv_min"] <= 10 * EPS64 * kappa**2, name
         assert mm.sigma_min == pytest.approx(row["sv_min"], rel=2e-6), name

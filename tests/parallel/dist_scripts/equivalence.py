@@ -25,7 +25,7 @@ from hessian_spectra.errors import SpectraError  # noqa: E402
 from hessian_spectra.krylov.lanczos import lanczos  # noqa: E402
 from hessian_spectra.krylov.slq import slq, slq_lockstep  # noqa: E402
 from hessian_spectra.krylov.trace import hutchinson  # noqa: E402
-from hessian_spectra.weights.probe import WeightsSettings  # noqa: E402
+from hessian_spectra.weights.plan import WeightsSettings  # noqa: E402
 from support.models import mlp_case  # noqa: E402
 
 SLQ = {"num_probes": 2, "steps": 10}
