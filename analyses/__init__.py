@@ -6,25 +6,25 @@ from hessian_spectra._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     # block heterogeneity ("Why Transformers Need Adam")
-    "BlockSpectrum": "hessian_spectra.analyses.heterogeneity",
-    "JSConvention": "hessian_spectra.analyses.heterogeneity",
-    "HeterogeneityReport": "hessian_spectra.analyses.heterogeneity",
-    "analyze_heterogeneity": "hessian_spectra.analyses.heterogeneity",
-    "spectra_from_hessian": "hessian_spectra.analyses.heterogeneity",
-    "js_distance": "hessian_spectra.analyses.heterogeneity",
-    "js_matrix": "hessian_spectra.analyses.heterogeneity",
+    "BlockSpectrum": "hessian_spectra.analyses.heterogeneity.blocks",
+    "JSConvention": "hessian_spectra.analyses.heterogeneity.conventions",
+    "HeterogeneityReport": "hessian_spectra.analyses.heterogeneity.verdict",
+    "analyze_heterogeneity": "hessian_spectra.analyses.heterogeneity.verdict",
+    "spectra_from_hessian": "hessian_spectra.analyses.heterogeneity.blocks",
+    "js_distance": "hessian_spectra.analyses.heterogeneity.js",
+    "js_matrix": "hessian_spectra.analyses.heterogeneity.js",
     # Hessian structure and Adam-mini partitions
     "mass_share": "hessian_spectra.analyses.structure",
     "verify_partition": "hessian_spectra.analyses.structure",
     "VerifyReport": "hessian_spectra.analyses.structure",
     "Partition": "hessian_spectra.analyses.partitions.partition",
-    "partition_model": "hessian_spectra.analyses.partitions.partition",
-    "partition_checkpoint": "hessian_spectra.analyses.partitions.partition",
+    "partition_model": "hessian_spectra.analyses.partitions.build",
+    "partition_checkpoint": "hessian_spectra.analyses.partitions.build",
     "write_partition": "hessian_spectra.analyses.partitions.partition",
     "read_partition": "hessian_spectra.analyses.partitions.partition",
-    "block_views": "hessian_spectra.analyses.partitions.partition",
-    "adam_mini_config": "hessian_spectra.analyses.partitions.partition",
-    "make_adam_mini": "hessian_spectra.analyses.partitions.partition",
+    "block_views": "hessian_spectra.analyses.partitions.views",
+    "adam_mini_config": "hessian_spectra.analyses.partitions.adam_mini",
+    "make_adam_mini": "hessian_spectra.analyses.partitions.adam_mini",
     "adam_mini_blocks": "hessian_spectra.analyses.partitions.blockings",
     # PC layer and spectral clipping
     "apply_pc": "hessian_spectra.analyses.advice.pc_layer",
@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "newton_schulz_steps": "hessian_spectra.analyses.advice.clipping",
     "recommend": "hessian_spectra.analyses.advice.recommendations",
     "Recommendations": "hessian_spectra.analyses.advice.recommendations",
-    "render_markdown": "hessian_spectra.analyses.advice.recommendations",
+    "render_markdown": "hessian_spectra.analyses.advice.markdown",
     # models and data from the command line
     "load_factory": "hessian_spectra.analyses.workloads",
 }

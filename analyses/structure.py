@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-from hessian_spectra.analyses.partitions.partition import Partition, rule_views
+from hessian_spectra.analyses.partitions.partition import Partition
 from hessian_spectra.analyses.partitions.rules import BlockRule, make_rule
+from hessian_spectra.analyses.partitions.views import rule_views
 from torch import nn
 
 #: Default pass rule: the partition must remove at least half of the mass a random one leaves off-block.

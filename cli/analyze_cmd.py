@@ -14,8 +14,8 @@ from hessian_spectra.errors import InputError
 
 def run_analysis(model, batches, loss, settings, options, *, source: str, weights_source=None, quiet: bool,
                  label: str = "analyze", extra=None, kind: str = "analyze"):  # fmt: skip
-    """Run :func:`hessian_spectra.analyses.report.report.analyze_model` with the cost estimate printed first and progress bars."""
-    from hessian_spectra.analyses.report.report import analyze_model
+    """Run :func:`hessian_spectra.analyses.report.analyze.analyze_model` with the cost estimate printed first and progress bars."""
+    from hessian_spectra.analyses.report.analyze import analyze_model
 
     def announce(cost) -> None:
         if not quiet:
@@ -34,7 +34,7 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
                     device_map: str | None = None) -> dict:  # fmt: skip
     """Load the workload (factory or HF directory), analyse, write the report folder atomically.
     ``kind="hessian"`` (with every non-Hessian option off) is `spectra hessian`."""
-    from hessian_spectra.analyses.report.report import write_report
+    from hessian_spectra.analyses.report.write import write_report
 
     settings.validate()
     if (factory is None) == (model_dir is None):
@@ -110,7 +110,7 @@ def analyze(
     quiet: o.Quiet = False,
 ) -> None:
     """The full report: Hessian spectra, block heterogeneity, head structure, weight spectra, recommendations."""
-    from hessian_spectra.analyses.report.report import AnalyzeOptions
+    from hessian_spectra.analyses.report.analyze import AnalyzeOptions
 
     if optimizer.lower() not in ("adamw", "muon"):
         raise InputError("--optimizer", f"must be adamw or muon, got {optimizer!r}")

@@ -26,7 +26,8 @@ def run_demo(
 
     import torch
     from hessian_spectra.analyses.demo import DemoBudget, demo_cases
-    from hessian_spectra.analyses.report.report import AnalyzeOptions, write_report
+    from hessian_spectra.analyses.report.analyze import AnalyzeOptions
+    from hessian_spectra.analyses.report.write import write_report
     from hessian_spectra.cli.analyze_cmd import run_analysis
     from hessian_spectra.curvature.probe import HessianSettings
     from hessian_spectra.io import atomic_write_text, staged_directory

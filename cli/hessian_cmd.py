@@ -42,7 +42,7 @@ def hessian(
     quiet: o.Quiet = False,
 ) -> None:
     """Hessian spectra alone: top/bottom eigenvalues, density and trace, block spectra and heterogeneity."""
-    from hessian_spectra.analyses.report.report import AnalyzeOptions
+    from hessian_spectra.analyses.report.analyze import AnalyzeOptions
 
     settings = o.hessian_settings(
         batches=batches, top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps,

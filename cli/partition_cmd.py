@@ -24,7 +24,7 @@ def run_partition(
     quiet: bool,
 ) -> dict[str, Any]:
     """Partition a HF checkpoint folder or a ``--model-factory`` model; write partition.json atomically."""
-    from hessian_spectra.analyses.partitions.partition import partition_checkpoint, partition_model
+    from hessian_spectra.analyses.partitions.build import partition_checkpoint, partition_model
     from hessian_spectra.io import atomic_write_json
 
     if (model is None) == (factory is None):

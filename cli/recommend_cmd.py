@@ -46,11 +46,9 @@ def run_recommend(
     quiet: bool,
 ) -> dict[str, Any]:
     """Weights probe -> recommendations; write recommendations.json + recommendations.md atomically."""
-    from hessian_spectra.analyses.advice.recommendations import (
-        inputs_from_weights_report,
-        recommend,
-        render_markdown,
-    )
+    from hessian_spectra.analyses.advice.inputs import inputs_from_weights_report
+    from hessian_spectra.analyses.advice.markdown import render_markdown
+    from hessian_spectra.analyses.advice.recommendations import recommend
     from hessian_spectra.io import atomic_write_json, atomic_write_text, staged_directory
     from hessian_spectra.weights.plan import WeightsSettings
     from hessian_spectra.weights.probe import analyze_weights

@@ -1,7 +1,10 @@
 """Recommendations from weight spectra: where a PC layer helps, which spectral-clip threshold to use, and
 (with Hessian results) which blocks to look at first.
 
-Inputs are plain: per matrix a name, a role (see :mod:`hessian_spectra.weights.roles`), a shape and its singular values.
+Inputs are plain: per matrix a name, a role (see :mod:`hessian_spectra.weights.roles`), a shape and its singular values
+(:class:`hessian_spectra.analyses.advice.inputs.MatrixInput`). The per-matrix findings come from
+:mod:`hessian_spectra.analyses.advice.pc_advice` and :mod:`hessian_spectra.analyses.advice.clip_advice`; this
+module gathers them into :class:`Recommendations` and ranks them against Hessian results.
 Every threshold used is recorded in the output with the reason for it (:data:`THRESHOLDS`).
 """
 
@@ -9,30 +12,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from hessian_spectra.analyses.advice import clipping, pc_layer
+from hessian_spectra.analyses.advice import pc_layer
+from hessian_spectra.analyses.advice.clip_advice import (
+    CLIP_C_LARGE,
+    CLIP_C_MAX,
+    CLIP_C_SMALL,
+    CLIP_HEADROOM,
+    CLIP_STEP_CHANGE_WARN,
+    ClipGroup,
+    ClipMatrixReport,
+    clip_group,
+    clip_groups,
+    clip_report,
+)
+from hessian_spectra.analyses.advice.inputs import MatrixInput
+from hessian_spectra.analyses.advice.pc_advice import (
+    MODCOND_RATIO_THRESHOLD,
+    PAPER_LEVEL,
+    PC_DEFAULT_ROLES,
+    PCMatrixReport,
+    _check_optimizer,
+    pc_report,
+)
 from hessian_spectra.errors import InputError
 from hessian_spectra.io import json_safe
-
-OPTIMIZERS = ("adamw", "muon")
-#: PC level the paper uses with each optimizer.
-PAPER_LEVEL = {"adamw": 4, "muon": 2}
-PC_DEFAULT_ROLES = frozenset({"mlp_gate", "mlp_up", "mlp_down", "mlp_in", "mlp_out", "attn_out"})
-PC_QKV_ROLES = frozenset({"q", "k", "v", "qkv"})
-PC_NEVER_ROLES = frozenset({"embedding", "position_embedding", "lm_head", "classifier", "norm", "bias"})
-#: Apply PC when the modified condition number is at least this many times the iid value of the shape.
-MODCOND_RATIO_THRESHOLD = 2.0
-#: Paper clip thresholds: c = 5 at 160M parameters, c = 10 at 0.78-1.5B; results flat for c in [5, 50].
-CLIP_C_SMALL, CLIP_C_LARGE, CLIP_C_MAX = 5.0, 10.0, 50.0
-CLIP_LARGE_MODEL_PARAMS = 500_000_000
-#: The steady-state weight bound c/lambda*sqrt(max(1, r/c)) should leave this headroom over today's sigma_max.
-CLIP_HEADROOM = 1.5
-#: Per-step spectral change lr*c*sqrt(max(1, r/c)) above this fraction of sigma_max is flagged as large.
-CLIP_STEP_CHANGE_WARN = 0.05
 
 THRESHOLDS: dict[str, dict[str, Any]] = {
     "pc_roles": {
@@ -78,150 +85,6 @@ THRESHOLDS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class MatrixInput:
-    """One weight matrix as the recommendation engine sees it."""
-
-    name: str
-    role: str
-    shape: tuple[int, int]
-    singular_values: np.ndarray = field(repr=False, compare=False)
-
-    @classmethod
-    def from_tensor(cls, name: str, tensor: torch.Tensor, role: str | None = None) -> MatrixInput:
-        """Singular values in float64 via :func:`hessian_spectra.weights.svd.singular_values`; role from the name if not given."""
-        from hessian_spectra.weights.roles import tensor_role
-        from hessian_spectra.weights.svd import singular_values
-
-        if tensor.ndim != 2:
-            raise InputError(None, f"{name}: expected a 2-D matrix, got shape {tuple(tensor.shape)}")
-        role = tensor_role(name) if role is None else role
-        return cls(name, role, (int(tensor.shape[0]), int(tensor.shape[1])), singular_values(tensor))
-
-
-def inputs_from_weights_report(report: Any) -> list[MatrixInput]:
-    """MatrixInputs from a :class:`hessian_spectra.weights.results.WeightsReport` (matrices with a full, finite spectrum)."""
-    out = []
-    for m in report.matrices:
-        s = getattr(m, "singular_values", None)
-        if m.status != "ok" or s is None or not np.all(np.isfinite(s)):
-            continue
-        out.append(MatrixInput(m.name, m.role, tuple(m.shape), np.asarray(s, dtype=np.float64)))
-    return out
-
-
-@dataclass(frozen=True)
-class PCPrediction:
-    """Spectrum statistics of gamma * s_hat * p_k(W / s_hat) with s_hat = sigma_max (gamma = 1)."""
-
-    level: int
-    condition_number: float
-    modified_condition_number: float
-    modcond_ratio_to_iid: float
-    stable_rank: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe(self.__dict__)
-
-
-@dataclass(frozen=True)
-class PCMatrixReport:
-    """PC-layer findings for one matrix.
-
-    ``modcond_ratio`` = modified condition number / iid value for the shape; ``predictions`` for levels 1-4
-    (s_hat = sigma_max); ``apply``/``level``/``reason`` the decision for the optimizer; ``min_sufficient_level``
-    the lowest level whose prediction is under the threshold; ``spectral_norm_ratio`` sigma_max / s_hat after
-    10 cold power iterations (median and worst of 32 seeded starts); ``safety_margin`` = safe_ratio / worst
-    (< 1: unsafe without warm start); ``extra_flops`` per forward at the optimizer's level;
-    ``merge_sensitivity_per_1pct``: percent change of the merged weight for a 1% error in s_hat.
-    """
-
-    name: str
-    role: str
-    shape: tuple[int, int]
-    candidate: bool
-    condition_number: float
-    modified_condition_number: float
-    iid_modified_condition_number: float
-    modcond_ratio: float
-    stable_rank: float
-    predictions: tuple[PCPrediction, ...]
-    apply: bool
-    level: int | None
-    min_sufficient_level: int | None
-    reason: str
-    spectral_norm_ratio: dict[str, float]
-    safe_ratio: float | None
-    safety_margin: float | None
-    extra_flops: dict[str, float] | None
-    merge_sensitivity_per_1pct: float | None
-    predicted_spectra: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-
-    def to_dict(self, include_spectra: bool = False) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("predictions", "predicted_spectra")}
-        d["shape"] = list(self.shape)
-        d["predictions"] = [p.to_dict() for p in self.predictions]
-        if include_spectra:
-            d["predicted_spectra"] = {str(k): v.tolist() for k, v in self.predicted_spectra.items()}
-        return json_safe(d)
-
-
-@dataclass(frozen=True)
-class ClipMatrixReport:
-    """Spectral-clipping findings for one matrix (the weights' own spectrum and an Adam-like update proxy).
-
-    ``sigma_max``, ``mp_*`` and ``spikes`` describe the weights (spikes: singular values above the fitted MP
-    edge plus a Tracy-Widom margin); ``weight_norm_bound`` = c/lambda*sqrt(max(1, r/c)) and ``bound_ratio`` =
-    sigma_max / bound (> 1: clipping with this decay would pull the weights down). The update proxy is an
-    iid unit-entry (sign-like, Adam-normalised) matrix: ``update_sigma_typical`` = sqrt(r) + sqrt(c) (its MP
-    edge), ``update_sigma_bound`` = sqrt(r c) (any update with |entries| <= 1); ``ns_steps`` /
-    ``ns_steps_typical`` the Newton-Schulz steps for those; ``soft_hard_gap`` on the proxy's MP spectrum;
-    ``step_change_ratio`` = lr*c*sqrt(max(1, r/c)) / sigma_max, the largest relative change of the top
-    singular value in one step.
-    """
-
-    name: str
-    role: str
-    group: str
-    shape: tuple[int, int]
-    sigma_max: float
-    mp_noise: float
-    mp_edge: float
-    spike_threshold: float
-    n_spikes: int
-    spikes: tuple[float, ...]
-    c: float
-    weight_norm_bound: float
-    bound_ratio: float
-    update_sigma_typical: float
-    update_sigma_bound: float
-    ns_steps: int
-    ns_steps_typical: int
-    soft_hard_gap: dict[str, float]
-    step_change_ratio: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["shape"] = list(self.shape)
-        d["spikes"] = list(self.spikes)
-        return json_safe(d)
-
-
-@dataclass(frozen=True)
-class ClipGroup:
-    """The recommended clip threshold for one layer group, with its reason."""
-
-    group: str
-    c: float
-    reason: str
-    n_matrices: int
-    max_sigma: float
-    steps_to_steady_state: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe(dict(self.__dict__))
-
-
-@dataclass(frozen=True)
 class Recommendations:
     """Everything ``spectra recommend`` writes: per-matrix PC and clip findings, groups, priorities."""
 
@@ -254,177 +117,6 @@ class Recommendations:
                 "priority": None if self.priority is None else list(self.priority),
             }
         )
-
-
-# ----------------------------------------------------------------------------------------------------
-# PC layer
-
-
-def pc_report(
-    item: MatrixInput, optimizer: str = "adamw", include_qkv: bool = False, seed: int = 0
-) -> PCMatrixReport:
-    """PC-layer analysis of one matrix: conditioning vs iid, predicted spectra for levels 1-4, decision."""
-    optimizer = _check_optimizer(optimizer)
-    s = np.sort(np.asarray(item.singular_values, dtype=np.float64))[::-1]
-    rows, cols = item.shape
-    if s.size == 0 or not np.all(np.isfinite(s)) or s[0] <= 0:
-        raise InputError(None, f"{item.name}: singular values must be finite with sigma_max > 0")
-    iid = pc_layer.iid_modified_condition_number(rows, cols)
-    mcn = pc_layer.modified_condition_number(s)
-    preds, spectra = [], {}
-    for k in pc_layer.LEVELS:
-        ps = pc_layer.predicted_singular_values(s, k)
-        spectra[k] = ps
-        pm = pc_layer.modified_condition_number(ps)
-        preds.append(PCPrediction(k, pc_layer.condition_number(ps), pm, pm / iid, pc_layer.stable_rank(ps)))
-    roles = PC_DEFAULT_ROLES | (PC_QKV_ROLES if include_qkv else frozenset())
-    candidate = item.role in roles
-    ratio = mcn / iid
-    level = PAPER_LEVEL[optimizer]
-    sufficient = next((p.level for p in preds if p.modcond_ratio_to_iid < MODCOND_RATIO_THRESHOLD), None)
-    pi = pc_layer.power_iteration_ratio(s, seed=seed)
-    safe = pc_layer.safe_ratio(level)
-    margin = safe / pi["worst"]
-    if not candidate:
-        if item.role in PC_NEVER_ROLES:
-            why = f"role '{item.role}' is never preconditioned (paper: no PC on embeddings, head, norms)"
-        elif item.role in PC_QKV_ROLES:
-            why = f"role '{item.role}': Q/K/V are off by default (paper); pass include_qkv to analyse them"
-        else:
-            why = (
-                f"role '{item.role}' is not a PC-layer target (paper: MLP and attention-output linear layers)"
-            )
-        return PCMatrixReport(
-            item.name, item.role, (rows, cols), False, pc_layer.condition_number(s), mcn, iid, ratio,
-            pc_layer.stable_rank(s), tuple(preds), False, None, None, why, pi, None, None, None, None, spectra,
-        )  # fmt: skip
-    target = preds[level - 1]
-    apply = ratio >= MODCOND_RATIO_THRESHOLD
-    if apply:
-        why = (
-            f"modified condition number {mcn:.3g} is {ratio:.2f}x the iid value {iid:.3g} (threshold "
-            f"{MODCOND_RATIO_THRESHOLD}x); level {level} ({optimizer}) predicts {target.modified_condition_number:.3g} "
-            f"({target.modcond_ratio_to_iid:.2f}x iid)"
-        )
-        if sufficient is not None and sufficient < level:
-            why += f"; level {sufficient} would already bring it under the threshold"
-    else:
-        why = (
-            f"modified condition number {mcn:.3g} is only {ratio:.2f}x the iid value {iid:.3g} (< "
-            f"{MODCOND_RATIO_THRESHOLD}x): no ill-conditioning for PC to fix"
-        )
-    if apply and margin < 1:
-        why += (
-            f"; caution: {pc_layer.POWER_ITERATIONS} cold power iterations can under-estimate sigma_max by "
-            f"{pi['worst']:.3f}x > safe {safe:.3f}x: warm-start or run more iterations"
-        )
-    return PCMatrixReport(
-        item.name, item.role, (rows, cols), True, pc_layer.condition_number(s), mcn, iid, ratio,
-        pc_layer.stable_rank(s), tuple(preds), apply, level if apply else None,
-        sufficient if apply else None, why, pi, safe, margin, pc_layer.extra_forward_flops(rows, cols, level),
-        100 * pc_layer.merge_sensitivity(s, level), spectra,
-    )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------------
-# spectral clipping
-
-
-def clip_group(role: str) -> str:
-    """Layer group for clip thresholds: attention, mlp, embedding, head or other."""
-    if role in ("q", "k", "v", "qkv", "attn_out"):
-        return "attention"
-    if role.startswith("mlp_"):
-        return "mlp"
-    if role in ("embedding", "position_embedding"):
-        return "embedding"
-    if role in ("lm_head", "classifier"):
-        return "head"
-    return "other"
-
-
-def _aspect_factor(rows: int, cols: int) -> float:
-    return math.sqrt(max(1.0, rows / cols))
-
-
-def clip_groups(
-    items: Iterable[MatrixInput],
-    weight_decay: float | None,
-    lr: float | None = None,
-    n_params: int | None = None,
-) -> tuple[ClipGroup, ...]:
-    """Recommended c per group: the paper's c for the model size, raised so that the steady-state weight
-    bound c/lambda*sqrt(max(1, r/c)) keeps CLIP_HEADROOM over the group's largest current sigma_max."""
-    items = [m for m in items if m.role not in ("norm", "bias")]
-    if n_params is None:
-        n_params = sum(m.shape[0] * m.shape[1] for m in items)
-    base = CLIP_C_LARGE if n_params >= CLIP_LARGE_MODEL_PARAMS else CLIP_C_SMALL
-    groups: dict[str, list[MatrixInput]] = {}
-    for m in items:
-        groups.setdefault(clip_group(m.role), []).append(m)
-    out = []
-    for g, ms in sorted(groups.items()):
-        max_sigma = max(float(np.max(m.singular_values)) for m in ms)
-        why = f"paper default c = {base:g} for a {n_params / 1e6:.1f}M-parameter model"
-        c = base
-        if weight_decay and weight_decay > 0:
-            needed = max(
-                weight_decay * CLIP_HEADROOM * float(np.max(m.singular_values)) / _aspect_factor(*m.shape)
-                for m in ms
-            )
-            if needed > c:
-                c = float(needed)
-                why = (
-                    f"raised from {base:g} so that the weight bound c/lambda*sqrt(max(1, r/c)) (lambda = {weight_decay:g}) "
-                    f"keeps {CLIP_HEADROOM}x headroom over the group's sigma_max {max_sigma:.3g}"
-                )
-                if c > CLIP_C_MAX:
-                    why += f"; above the paper's validated range (c <= {CLIP_C_MAX:g})"
-            else:
-                bound = min(weight_norm(m, c, weight_decay) for m in ms)
-                why += f"; the weight bound ({bound:.3g} for the tightest matrix) is not binding on today's weights"
-        else:
-            why += "; no weight decay given, so clipping bounds the update but not the weights"
-        steady = 1.0 / (lr * weight_decay) if lr and weight_decay else None
-        out.append(ClipGroup(g, c, why, len(ms), max_sigma, steady))
-    return tuple(out)
-
-
-def weight_norm(m: MatrixInput, c: float, weight_decay: float) -> float:
-    """Steady-state bound for one matrix (see :func:`hessian_spectra.analyses.recommend.clipping.weight_norm_bound`)."""
-    return clipping.weight_norm_bound(c, weight_decay, *m.shape)
-
-
-def _update_proxy_spectrum(rows: int, cols: int) -> np.ndarray:
-    """Singular values of an iid sign-like (Adam-normalised) update with unit entries, at MP classical
-    locations: the spectrum the soft clip typically sees."""
-    n, m = max(rows, cols), min(rows, cols)
-    quantile, edge = pc_layer._mp_sigma_quantile_fn(n / m)
-    return quantile((np.arange(m) + 0.5) / m) * math.sqrt(n)
-
-
-def clip_report(
-    item: MatrixInput, c: float, weight_decay: float | None, lr: float | None = None
-) -> ClipMatrixReport:
-    """Spectral-clipping analysis of one matrix at threshold c."""
-    s = np.sort(np.asarray(item.singular_values, dtype=np.float64))[::-1]
-    rows, cols = item.shape
-    mp = clipping.mp_edge(s, rows, cols)
-    spikes = s[s > mp["threshold"]]
-    bound = clipping.weight_norm_bound(c, weight_decay or 0.0, rows, cols)
-    typical = math.sqrt(rows) + math.sqrt(cols)
-    worst = math.sqrt(rows * cols)
-    step = lr * c * _aspect_factor(rows, cols) / float(s[0]) if lr and s[0] > 0 else None
-    return ClipMatrixReport(
-        item.name, item.role, clip_group(item.role), (rows, cols), float(s[0]), mp["noise"], mp["edge"],
-        mp["threshold"], int(spikes.size), tuple(float(v) for v in spikes[:10]), c, bound, float(s[0]) / bound,
-        typical, worst, clipping.newton_schulz_steps(worst / c), clipping.newton_schulz_steps(typical / c),
-        clipping.soft_hard_gap(_update_proxy_spectrum(rows, cols), c), step,
-    )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------------
-# Hessian-aware priority
 
 
 def priority_ranking(
@@ -467,10 +159,6 @@ def _percentiles(values: list[float]) -> list[float]:
     from scipy.stats import rankdata
 
     return [float(v) / len(values) for v in rankdata(values, method="average")]
-
-
-# ----------------------------------------------------------------------------------------------------
-# the engine
 
 
 def recommend(
@@ -547,85 +235,3 @@ def recommend(
         summary,
         tuple(notes),
     )
-
-
-def _check_optimizer(optimizer: str) -> str:
-    opt = str(optimizer).lower()
-    if opt not in OPTIMIZERS:
-        raise InputError(None, f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    return opt
-
-
-# ----------------------------------------------------------------------------------------------------
-# markdown
-
-
-def _f(x: Any, fmt: str = ".3g") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float) and not math.isfinite(x):
-        return "inf" if x > 0 else "nan"
-    return format(x, fmt)
-
-
-def render_markdown(recs: Recommendations, max_rows: int = 200) -> str:
-    """The "Recommendations" section of the report as GitHub markdown."""
-    s = recs.summary
-    lines = [
-        "## Recommendations",
-        "",
-        f"Optimizer: **{recs.optimizer}**, lr: {_f(recs.lr)}, weight decay: {_f(recs.weight_decay)}.",
-        "",
-        "### PC layer",
-        "",
-        f"{s['pc_apply']} of {s['pc_candidates']} candidate matrices would benefit from a PC layer at level "
-        f"{s['pc_level']}. GMCN {_f(s['gmcn'])} (iid {_f(s['gmcn_iid'])}) -> predicted {_f(s['gmcn_predicted'])}; "
-        f"extra cost {_f(s['pc_extra_flops_per_forward'] / 1e9, '.3f')} GFLOP per forward pass.",
-        "",
-        "| matrix | role | shape | mod. kappa | iid | ratio | level | predicted mod. kappa | PI margin | apply | reason |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    cands = [r for r in recs.pc if r.candidate]
-    for r in cands[:max_rows]:
-        lvl = r.level or s["pc_level"]
-        lines.append(
-            f"| `{r.name}` | {r.role} | {r.shape[0]}x{r.shape[1]} | {_f(r.modified_condition_number)} | "
-            f"{_f(r.iid_modified_condition_number)} | {_f(r.modcond_ratio, '.2f')} | {r.level or '-'} | "
-            f"{_f(r.predictions[lvl - 1].modified_condition_number)} | {_f(r.safety_margin, '.2f')} | "
-            f"{'yes' if r.apply else 'no'} | {r.reason} |"
-        )
-    if len(cands) > max_rows:
-        lines.append(f"\n({len(cands) - max_rows} more in recommendations.json)")
-    lines += [
-        "",
-        "### Spectral clipping",
-        "",
-        "| group | c | matrices | max sigma | reason |",
-        "|---|---|---|---|---|",
-    ]
-    for g in recs.clip_groups:
-        lines.append(f"| {g.group} | {_f(g.c)} | {g.n_matrices} | {_f(g.max_sigma)} | {g.reason} |")
-    lines += [
-        "",
-        "| matrix | group | sigma_max | MP edge | spikes | c | weight bound | NS steps (typ/worst) | soft-hard gap |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in recs.clip[:max_rows]:
-        lines.append(
-            f"| `{r.name}` | {r.group} | {_f(r.sigma_max)} | {_f(r.mp_edge)} | {r.n_spikes} | {_f(r.c)} | "
-            f"{_f(r.weight_norm_bound)} | {r.ns_steps_typical}/{r.ns_steps} | {_f(r.soft_hard_gap['frobenius'], '.1%')} |"
-        )
-    if recs.priority is not None:
-        lines += ["", "### Priority (high curvature and ill-conditioned first)", "",
-                  "| rank | matrix | lambda_max | trace | mod. kappa / iid | score |", "|---|---|---|---|---|---|"]  # fmt: skip
-        for i, p in enumerate(recs.priority[:max_rows], 1):
-            lines.append(
-                f"| {i} | `{p['name']}` | {_f(p['lambda_max'])} | {_f(p['trace'])} | {_f(p['modcond_ratio'], '.2f')} | "
-                f"{_f(p['score'], '.2f')} |"
-            )
-    lines += ["", "### Thresholds", ""]
-    for key, t in recs.thresholds.items():
-        lines.append(f"- **{key}** = `{t['value']}`: {t['reason']}")
-    if recs.notes:
-        lines += ["", "### Notes", ""] + [f"- {n}" for n in recs.notes]
-    return "\n".join(lines) + "\n"

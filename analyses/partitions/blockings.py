@@ -55,7 +55,7 @@ class AdamMiniBlocks:
 
 
 def _seen(shape: tuple[int, ...], layout: str) -> tuple[tuple[int, ...] | None, int]:
-    """(view, axis) of a spectra Block that slices the rows of ``layout`` (see hessian_spectra.analyses.partitions.partition)."""
+    """(view, axis) of a spectra Block that slices the rows of ``layout`` (see hessian_spectra.analyses.partitions.views)."""
     if layout == "rows":
         return None, 0
     if layout == "cols":
@@ -108,7 +108,7 @@ def adam_mini_blocks(
     max_blocks_per_tensor: int | None = None,
     config: Any = None,
 ) -> AdamMiniBlocks:
-    """The blocks of the Adam-mini partition of ``model`` (:func:`hessian_spectra.analyses.partitions.partition.partition_model`,
+    """The blocks of the Adam-mini partition of ``model`` (:func:`hessian_spectra.analyses.partitions.build.partition_model`,
     or ``partition``) over its trainable parameters (or ``params``), as spectra blocks.
 
     Per-coordinate rules (biases, unresolved tensors) give one 1x1 block per coordinate: its "spectrum"
@@ -117,7 +117,8 @@ def adam_mini_blocks(
     (first and last included) and says so in the notes; None keeps every block (one pruned backward per
     block per lockstep step: many thousands of blocks are slow).
     """
-    from hessian_spectra.analyses.partitions.partition import FALLBACK_RULE, partition_model
+    from hessian_spectra.analyses.partitions.build import partition_model
+    from hessian_spectra.analyses.partitions.partition import FALLBACK_RULE
     from hessian_spectra.analyses.partitions.rules import make_rule
 
     if max_blocks_per_tensor is not None and max_blocks_per_tensor < 1:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hessian_spectra.analyses.partitions.partition import (
+from hessian_spectra.analyses.partitions.adam_mini import (
     ADAM_MINI_DEFAULT_NAME_SETS,
     adam_mini_state_learning_rates,
-    block_views,
     make_adam_mini,
-    partition_model,
     simulate_adam_mini,
 )
+from hessian_spectra.analyses.partitions.build import partition_model
+from hessian_spectra.analyses.partitions.views import block_views
 from support.partition_cases import (
     tiny_bert,
     tiny_gpt2,

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from hessian_spectra.analyses.partitions.blockings import adam_mini_blocks, heads_config, hessian_blocks
-from hessian_spectra.analyses.partitions.partition import partition_model
+from hessian_spectra.analyses.partitions.build import partition_model
 from hessian_spectra.curvature.block_operators import BlockDiagonalOperator
 from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.curvature.losses import cross_entropy
@@ -150,12 +150,9 @@ def test_hessian_blocks_fills_heads_and_partitions_configless_models():
 
 
 def test_analyze_model_with_adam_mini_blocks_writes_a_valid_hessian_report():
-    from hessian_spectra.analyses.report.report import (
-        AnalyzeOptions,
-        analyze_model,
-        render_markdown,
-        validate_document,
-    )
+    from hessian_spectra.analyses.report.analyze import AnalyzeOptions, analyze_model
+    from hessian_spectra.analyses.report.document import validate_document
+    from hessian_spectra.analyses.report.markdown import render_markdown
 
     c = get_case("mlp")  # Linear weights per output neuron, biases per coordinate; 2 blocks kept per tensor
     settings = HessianSettings(

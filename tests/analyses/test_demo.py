@@ -16,7 +16,7 @@ def _run(argv):
 
 
 def test_demo_reduced_end_to_end(tmp_path):
-    from hessian_spectra.analyses.report.report import validate_document
+    from hessian_spectra.analyses.report.document import validate_document
 
     out = tmp_path / "demo"
     code = _run(["demo", "--reduced", "--out", str(out), "--probes", "2", "--steps", "12", "--quiet"])

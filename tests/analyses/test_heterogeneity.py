@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from hessian_spectra.analyses.heterogeneity import (
+from hessian_spectra.analyses.heterogeneity.blocks import BlockSpectrum, block_group
+from hessian_spectra.analyses.heterogeneity.conventions import (
     CONVENTIONS,
     DEFAULT_CONVENTIONS,
     PAPER,
@@ -15,17 +16,12 @@ from hessian_spectra.analyses.heterogeneity import (
     SCALES_KEPT_LOG,
     SCALES_KEPT_RELATIVE,
     SHAPE_ONLY,
-    BlockSpectrum,
     JSConvention,
-    analyze_heterogeneity,
-    block_densities,
-    block_group,
     get_convention,
-    js_distance,
-    js_matrix,
-    kernel_widths,
-    scale_spread,
 )
+from hessian_spectra.analyses.heterogeneity.densities import block_densities, kernel_widths
+from hessian_spectra.analyses.heterogeneity.js import js_distance, js_matrix
+from hessian_spectra.analyses.heterogeneity.verdict import analyze_heterogeneity, scale_spread
 from hessian_spectra.krylov.linop import DenseBlockOperator
 from hessian_spectra.krylov.slq import slq_lockstep
 

@@ -31,12 +31,9 @@ import numpy as np
 import pytest
 import torch
 from hessian_spectra.analyses.demo import TinyCNN, TinyGPT, TinyMLP, markov_tokens, template_images
-from hessian_spectra.analyses.heterogeneity import (
-    CONVENTIONS,
-    BlockSpectrum,
-    analyze_heterogeneity,
-    spectra_from_hessian,
-)
+from hessian_spectra.analyses.heterogeneity.blocks import BlockSpectrum, spectra_from_hessian
+from hessian_spectra.analyses.heterogeneity.conventions import CONVENTIONS
+from hessian_spectra.analyses.heterogeneity.verdict import analyze_heterogeneity
 from hessian_spectra.curvature.losses import cross_entropy
 from support.oracles import exact_hessian
 

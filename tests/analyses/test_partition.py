@@ -8,16 +8,10 @@ import math
 
 import pytest
 import torch
-from hessian_spectra.analyses.partitions.partition import (
-    Partition,
-    block_views,
-    partition_checkpoint,
-    partition_model,
-    read_partition,
-    simulate_adam_mini,
-    unflatten_named,
-    write_partition,
-)
+from hessian_spectra.analyses.partitions.adam_mini import simulate_adam_mini
+from hessian_spectra.analyses.partitions.build import partition_checkpoint, partition_model
+from hessian_spectra.analyses.partitions.partition import Partition, read_partition, write_partition
+from hessian_spectra.analyses.partitions.views import block_views, unflatten_named
 from hessian_spectra.errors import InputError
 from torch import nn
 
@@ -205,7 +199,7 @@ def test_partition_from_shapes_and_checkpoint_folder(tmp_path):
 
 def test_simulated_adam_mini_defaults_reproduce_known_failures():
     """The simulation of adam-mini's step reproduces its documented failures on the default names."""
-    from hessian_spectra.analyses.partitions.partition import ADAM_MINI_DEFAULT_NAME_SETS as D
+    from hessian_spectra.analyses.partitions.adam_mini import ADAM_MINI_DEFAULT_NAME_SETS as D
 
     bert = {n: tuple(p.shape) for n, p in tiny_bert().named_parameters()}
     sim = simulate_adam_mini(bert, D, H, 4)

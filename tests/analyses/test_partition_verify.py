@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from hessian_spectra.analyses.partitions.partition import partition_model
+from hessian_spectra.analyses.partitions.build import partition_model
 from hessian_spectra.analyses.partitions.rules import make_rule
 from hessian_spectra.analyses.structure import (
     _pick_columns,

@@ -12,6 +12,10 @@ import pytest
 import torch
 from hessian_spectra.analyses.advice import pc_layer as pc
 from hessian_spectra.analyses.advice import recommendations as rc
+from hessian_spectra.analyses.advice.clip_advice import CLIP_C_LARGE, CLIP_C_SMALL, CLIP_HEADROOM, clip_groups
+from hessian_spectra.analyses.advice.inputs import MatrixInput, inputs_from_weights_report
+from hessian_spectra.analyses.advice.markdown import render_markdown
+from hessian_spectra.analyses.advice.pc_advice import MODCOND_RATIO_THRESHOLD, PC_DEFAULT_ROLES, pc_report
 from hessian_spectra.errors import InputError
 
 
@@ -34,11 +38,11 @@ def _heavy(shape, seed, outliers=3):
 @functools.lru_cache(maxsize=1)
 def _built():
     return (
-        rc.MatrixInput.from_tensor("h.0.mlp.up_proj.weight", _iid((176, 64), 0)),
-        rc.MatrixInput.from_tensor("h.0.mlp.down_proj.weight", _heavy((64, 176), 1)),
-        rc.MatrixInput.from_tensor("h.0.self_attn.o_proj.weight", _heavy((64, 64), 2)),
-        rc.MatrixInput.from_tensor("h.0.self_attn.q_proj.weight", _heavy((64, 64), 3)),
-        rc.MatrixInput.from_tensor("model.embed_tokens.weight", _heavy((300, 64), 4)),
+        MatrixInput.from_tensor("h.0.mlp.up_proj.weight", _iid((176, 64), 0)),
+        MatrixInput.from_tensor("h.0.mlp.down_proj.weight", _heavy((64, 176), 1)),
+        MatrixInput.from_tensor("h.0.self_attn.o_proj.weight", _heavy((64, 64), 2)),
+        MatrixInput.from_tensor("h.0.self_attn.q_proj.weight", _heavy((64, 64), 3)),
+        MatrixInput.from_tensor("model.embed_tokens.weight", _heavy((300, 64), 4)),
     )
 
 
@@ -61,7 +65,7 @@ def test_planted_spectra_flagged_at_the_expected_level(optimizer, level):
     for name in ("h.0.mlp.down_proj.weight", "h.0.self_attn.o_proj.weight"):
         r = by[name]
         assert r.candidate and r.apply and r.level == level, r.reason
-        assert r.modcond_ratio > rc.MODCOND_RATIO_THRESHOLD
+        assert r.modcond_ratio > MODCOND_RATIO_THRESHOLD
         assert r.predictions[level - 1].modified_condition_number < r.modified_condition_number
         assert r.extra_flops == pc.extra_forward_flops(*r.shape, level)
     # Q/K/V off by default, embeddings never
@@ -79,8 +83,8 @@ def test_qkv_on_request():
 
 def test_report_predictions_equal_svd_of_the_preconditioned_matrix():
     w = _heavy((80, 40), 7)
-    item = rc.MatrixInput.from_tensor("blk.mlp.gate_proj.weight", w)
-    r = rc.pc_report(item, "adamw")
+    item = MatrixInput.from_tensor("blk.mlp.gate_proj.weight", w)
+    r = pc_report(item, "adamw")
     s_max = float(torch.linalg.matrix_norm(w, ord=2))
     for p in r.predictions:
         actual = torch.linalg.svdvals(pc.apply_pc(w, p.level, s_max)).numpy()
@@ -93,14 +97,14 @@ def test_report_predictions_equal_svd_of_the_preconditioned_matrix():
 def test_safety_margin_flags_a_bulk_close_to_the_top():
     # top well separated: 10 cold power iterations find sigma_max; margin ~ safe ratio
     s = np.concatenate([[1.0, 0.999], np.geomspace(0.5, 1e-4, 62)])
-    r = rc.pc_report(rc.MatrixInput("x.mlp.up_proj.weight", "mlp_up", (128, 64), s))
+    r = pc_report(MatrixInput("x.mlp.up_proj.weight", "mlp_up", (128, 64), s))
     assert 1.0 <= r.spectral_norm_ratio["worst"] < 1.01 and r.safety_margin > 1.1
     assert r.safety_margin == pytest.approx(r.safe_ratio / r.spectral_norm_ratio["worst"])
     assert "caution" not in r.reason
     # 2000 singular values at 0.85 sigma_max swamp a cold start: under-estimate > safe ratio 1.126
     # (plus a tail of tiny singular values so that PC is recommended and the caution applies)
     s4 = np.concatenate([[1.0], np.full(2000, 0.85), np.full(300, 1e-3)])
-    r4 = rc.pc_report(rc.MatrixInput("x.mlp.up_proj.weight", "mlp_up", (4000, 2301), s4))
+    r4 = pc_report(MatrixInput("x.mlp.up_proj.weight", "mlp_up", (4000, 2301), s4))
     assert r4.apply
     assert r4.safe_ratio < r4.spectral_norm_ratio["median"] < 1 / 0.85
     assert r4.safety_margin < 1 and "caution" in r4.reason
@@ -108,16 +112,16 @@ def test_safety_margin_flags_a_bulk_close_to_the_top():
 
 def test_clip_groups_default_and_raised():
     items = _items()
-    small = rc.clip_groups(items, weight_decay=0.01)
+    small = clip_groups(items, weight_decay=0.01)
     assert {g.group for g in small} == {"mlp", "attention", "embedding"}
-    assert all(g.c == rc.CLIP_C_SMALL for g in small)  # weights far below the bound c/lambda
-    big = rc.clip_groups(items, weight_decay=1.0)
+    assert all(g.c == CLIP_C_SMALL for g in small)  # weights far below the bound c/lambda
+    big = clip_groups(items, weight_decay=1.0)
     mlp = next(g for g in big if g.group == "mlp")
-    need = max(1.0 * rc.CLIP_HEADROOM * float(np.max(m.singular_values)) / math.sqrt(max(1, m.shape[0] / m.shape[1]))
+    need = max(1.0 * CLIP_HEADROOM * float(np.max(m.singular_values)) / math.sqrt(max(1, m.shape[0] / m.shape[1]))
                for m in items if m.role.startswith("mlp_"))  # fmt: skip
-    assert mlp.c == pytest.approx(max(rc.CLIP_C_SMALL, need))
-    assert all(g.c >= rc.CLIP_C_SMALL for g in big)
-    assert rc.clip_groups(items, weight_decay=0.1, n_params=10**9)[0].c >= rc.CLIP_C_LARGE
+    assert mlp.c == pytest.approx(max(CLIP_C_SMALL, need))
+    assert all(g.c >= CLIP_C_SMALL for g in big)
+    assert clip_groups(items, weight_decay=0.1, n_params=10**9)[0].c >= CLIP_C_LARGE
     recs = rc.recommend(items, weight_decay=0.1, lr=1e-3)
     for r in recs.clip:
         assert r.weight_norm_bound == pytest.approx(r.c / 0.1 * math.sqrt(max(1, r.shape[0] / r.shape[1])))
@@ -161,7 +165,7 @@ def test_to_dict_is_strict_json_and_markdown_mentions_everything():
         "clip_c",
         "clip_ns_steps",
     }
-    md = rc.render_markdown(recs)
+    md = render_markdown(recs)
     assert md.startswith("## Recommendations")
     for name in ("h.0.mlp.down_proj.weight", "pc_modcond_ratio", "Spectral clipping", "Priority"):
         assert name in md
@@ -173,7 +177,7 @@ def test_input_errors():
     with pytest.raises(InputError, match="weight_decay"):
         rc.recommend(_items(), weight_decay=-1.0)
     with pytest.raises(InputError):
-        rc.pc_report(rc.MatrixInput("a.mlp.up_proj.weight", "mlp_up", (3, 2), np.array([0.0, 0.0])))
+        pc_report(MatrixInput("a.mlp.up_proj.weight", "mlp_up", (3, 2), np.array([0.0, 0.0])))
 
 
 def test_from_a_weights_report(tmp_path):
@@ -182,10 +186,10 @@ def test_from_a_weights_report(tmp_path):
     from hessian_spectra.weights.probe import analyze_weights
 
     report = analyze_weights(write_example_checkpoint(tmp_path))
-    items = rc.inputs_from_weights_report(report)
+    items = inputs_from_weights_report(report)
     assert len(items) == sum(m.status == "ok" for m in report.matrices) > 0
     recs = rc.recommend(items, optimizer="adamw", lr=3e-4, weight_decay=0.1)
-    assert recs.summary["pc_candidates"] == sum(m.role in rc.PC_DEFAULT_ROLES for m in items)
+    assert recs.summary["pc_candidates"] == sum(m.role in PC_DEFAULT_ROLES for m in items)
     for r in recs.pc:
         m = next(i for i in items if i.name == r.name)
         assert r.modified_condition_number == pytest.approx(pc.modified_condition_number(m.singular_values))

@@ -10,13 +10,9 @@ import pytest
 import torch
 from hessian_spectra.analyses.demo import TinyGPT, markov_tokens
 from hessian_spectra.analyses.head_structure import head_structure
-from hessian_spectra.analyses.report.report import (
-    REPORT_FILES,
-    AnalyzeOptions,
-    analyze_model,
-    validate_document,
-    write_report,
-)
+from hessian_spectra.analyses.report.analyze import AnalyzeOptions, analyze_model
+from hessian_spectra.analyses.report.document import validate_document
+from hessian_spectra.analyses.report.write import REPORT_FILES, write_report
 from hessian_spectra.curvature.losses import cross_entropy
 from hessian_spectra.curvature.probe import HessianSettings
 
@@ -86,7 +82,9 @@ def test_report_html_is_self_contained(report):
 
 
 def test_sections_may_be_absent(tmp_path):
-    from hessian_spectra.analyses.report.report import build_document, render_html, render_markdown
+    from hessian_spectra.analyses.report.document import build_document
+    from hessian_spectra.analyses.report.html_page import render_html
+    from hessian_spectra.analyses.report.markdown import render_markdown
 
     doc = build_document(source="nothing", seed=3)
     validate_document(doc)

@@ -18,7 +18,8 @@ def _run(argv):
 
 def test_hessian_command_writes_report_matching_exact(tmp_path, capsys):
     import torch
-    from hessian_spectra.analyses.report.report import REPORT_FILES, validate_document
+    from hessian_spectra.analyses.report.document import validate_document
+    from hessian_spectra.analyses.report.write import REPORT_FILES
 
     factory = tmp_path / "factory.py"
     factory.write_text(FACTORY)

@@ -32,7 +32,7 @@ def _exact_hessian_of_factory(path):
 
 
 def test_hessian_layer_blocks_from_a_factory_match_exact_layer_blocks(tmp_path, capsys):
-    from hessian_spectra.analyses.report.report import validate_document
+    from hessian_spectra.analyses.report.document import validate_document
 
     factory = _factory(tmp_path)
     out = tmp_path / "out"
@@ -77,7 +77,7 @@ def test_analyze_takes_the_same_blocks_option(tmp_path, capsys):
 
 
 def test_hessian_on_a_model_folder_with_adam_mini_blocks(tmp_path, capsys):
-    from hessian_spectra.analyses.partitions.partition import partition_checkpoint
+    from hessian_spectra.analyses.partitions.build import partition_checkpoint
     from support.hf import tiny_gpt2_workload
 
     folder, text = tiny_gpt2_workload(tmp_path)

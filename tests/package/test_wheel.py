@@ -80,7 +80,7 @@ def test_wheel_imports_beside_the_pypi_spectra_colour_library(installed):
         "assert hasattr(spectra, 'Color') and hasattr(spectra, 'Scale'), spectra.__file__;"
         f"assert hs.__file__.startswith({str(site)!r}), hs.__file__;"
         "assert callable(hs.lanczos) and callable(hs.analyses.partition_model);"
-        "from hessian_spectra.analyses.report.report import SCHEMA_PATH; assert SCHEMA_PATH.is_file()"
+        "from hessian_spectra.analyses.report.document import SCHEMA_PATH; assert SCHEMA_PATH.is_file()"
     )
     # cwd outside the checkout: `python -c` puts the cwd first on sys.path, and the checkout's spectra/
     # folder (the source of hessian_spectra) would shadow the colour library there

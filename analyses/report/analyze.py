@@ -1,0 +1,109 @@
+"""Running the ``spectra analyze`` report on a live model: every probe (weights, Hessian, heterogeneity,
+per-head structure, recommendations) in turn, giving the report.json document and its figures as PNG bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hessian_spectra.analyses.report.document import build_document
+from hessian_spectra.analyses.report.plots import make_figures
+
+__all__ = ["AnalyzeOptions", "analyze_model"]
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """What :func:`analyze_model` runs besides the Hessian probe (whose budget is a HessianSettings)."""
+
+    weights: bool = True
+    structure: bool = True
+    structure_max_columns: int = 1024
+    recommendations: bool = True
+    optimizer: str = "adamw"
+    n_heads: int | None = None
+    #: where the weights probe runs (None/"cpu": the numpy/CPU path; "cuda:N": batched GPU SVDs)
+    weights_device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------
+# running
+
+
+def analyze_model(
+    model: Any,
+    batches: Any,
+    loss: Any,
+    settings: Any,
+    *,
+    source: str,
+    options: AnalyzeOptions | None = None,
+    weights_source: Any = None,
+    progress: Progress | None = None,
+    weights_progress: Progress | None = None,
+    on_estimate: Callable[[Any], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    kind: str = "analyze",
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Run the Hessian probe, heterogeneity, head structure, weights probe and recommendations on
+    ``model``; return ``(document, figures)``. ``weights_source`` (default: the live model) is what the
+    weights probe reads: a checkpoint path or the module itself. The blocks follow ``settings.blocks``
+    (Adam-mini blocks via :func:`hessian_spectra.analyses.partitions.blockings.hessian_blocks`). ``kind``: "analyze", or "hessian"
+    for the Hessian part alone (``spectra hessian``). The model is never modified."""
+    from hessian_spectra.analyses.heterogeneity.blocks import spectra_from_hessian
+    from hessian_spectra.analyses.heterogeneity.verdict import analyze_heterogeneity
+    from hessian_spectra.analyses.partitions.blockings import hessian_blocks
+    from hessian_spectra.curvature.probe import run_hessian
+
+    options = options or AnalyzeOptions()
+    choice = hessian_blocks(model, settings)
+    settings = choice.settings
+    hess = run_hessian(
+        model, batches, loss, settings, blocks=choice.blocks, block_notes=choice.notes, progress=progress,
+        on_estimate=on_estimate,
+    )  # fmt: skip
+    het = analyze_heterogeneity(spectra_from_hessian(hess)) if hess.block_results else None
+    structure = None
+    if options.structure:
+        from hessian_spectra.analyses.head_structure import attention_heads, head_structure
+
+        heads = options.n_heads or settings.n_heads or attention_heads(model)
+        if heads:
+            structure = head_structure(
+                model, batches, loss, heads, max_columns=options.structure_max_columns, seed=settings.seed
+            )
+    weights = recs = None
+    if options.weights:
+        from hessian_spectra.weights.plan import WeightsSettings
+        from hessian_spectra.weights.probe import analyze_weights
+
+        weights = analyze_weights(
+            model if weights_source is None else weights_source,
+            WeightsSettings(seed=settings.seed),
+            progress=weights_progress,
+            device=options.weights_device,
+        )
+        if options.recommendations:
+            from hessian_spectra.analyses.advice.inputs import inputs_from_weights_report
+            from hessian_spectra.analyses.advice.recommendations import recommend
+
+            blocks = {r["name"]: r for r in hess.block_summary()}
+            recs = recommend(
+                inputs_from_weights_report(weights), options.optimizer, hessian=blocks or None,
+                n_params=sum(p.numel() for p in model.parameters()), seed=settings.seed,
+            )  # fmt: skip
+    doc = build_document(
+        source=source, seed=settings.seed, hessian=hess, heterogeneity=het, structure=structure,
+        weights=weights, recommendations=recs,
+        model_info={"class": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters()))},
+        settings={"hessian": settings.to_dict(), "analyze": options.to_dict()}, extra=extra, kind=kind,
+    )  # fmt: skip
+    return doc, make_figures(hess, het, weights)

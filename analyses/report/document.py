@@ -1,0 +1,158 @@
+"""The report.json document: building it from probe results, the findings in plain words, the per-block
+rows, and validation against ``report_schema.json`` (versioned by :data:`SCHEMA_VERSION`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hessian_spectra.analyses.heterogeneity.conventions import DRIVERS_CONVENTION
+from hessian_spectra.io import json_safe
+
+__all__ = ["SCHEMA_VERSION", "build_document", "findings", "block_rows", "load_schema", "validate_document"]
+
+SCHEMA_VERSION = "hessian-spectra/report/1"
+SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
+
+
+def build_document(
+    *,
+    source: str,
+    seed: int,
+    hessian: Any = None,
+    heterogeneity: Any = None,
+    structure: Any = None,
+    weights: Any = None,
+    recommendations: Any = None,
+    model_info: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    kind: str = "analyze",
+) -> dict[str, Any]:
+    """The report.json document (schema :data:`SCHEMA_VERSION`): provenance, every section present
+    (``null`` when not run) and the findings in plain words. ``kind``: "analyze" (``spectra analyze``)
+    or "hessian" (``spectra hessian``: the Hessian part alone)."""
+    from hessian_spectra.weights.provenance import provenance
+
+    if kind not in ("analyze", "hessian"):
+        raise ValueError(f"kind must be 'analyze' or 'hessian', got {kind!r}")
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "source": str(source),
+        "provenance": provenance(seed=seed),
+        "model": dict(model_info or {}),
+        "settings": dict(settings or {}),
+        "hessian": None if hessian is None else hessian.to_dict(),
+        "heterogeneity": None if heterogeneity is None else heterogeneity.to_dict(),
+        "structure": None if structure is None else structure.to_dict(),
+        "weights": None if weights is None else weights.to_dict(),
+        "recommendations": None if recommendations is None else recommendations.to_dict(),
+    }
+    if extra:
+        doc.update(dict(extra))
+    doc = json_safe(doc)
+    doc["findings"] = findings(doc)
+    return doc
+
+
+def _g(x: Any, fmt: str = ".4g") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x, fmt) if isinstance(x, int | float) else str(x)
+
+
+def findings(doc: Mapping[str, Any]) -> list[str]:
+    """A few plain sentences summarising the document (the same in report.md and report.html)."""
+    out: list[str] = []
+    hess = doc.get("hessian")
+    if hess:
+        lz = hess.get("lanczos")
+        if lz:
+            out.append(
+                f"Hessian lambda_max {_g(lz['lambda_max'])}, lambda_min {_g(lz['lambda_min'])} "
+                f"(Lanczos, {lz['steps']} steps, converged: {lz['converged']})."
+            )
+        dens = hess.get("density")
+        if dens:
+            out.append(
+                f"Hessian trace {_g(dens['trace'])} +- {_g(dens['trace_stderr'], '.2g')} "
+                f"(SLQ, {dens['num_probes']} probes x {dens['steps']} steps)."
+            )
+        out.append(f"{hess['num_hvps']} Hessian-vector products in {_g(hess['seconds'], '.1f')} s.")
+    het = doc.get("heterogeneity")
+    if het:
+        spread = het["scale_spread"]["lambda_max"]
+        js = ", ".join(f"{k} {_g(v, '.3f')}" for k, v in het["mean_js"].items())
+        out.append(
+            f"Block heterogeneity: {het['verdict']} (block lambda_max spread {_g(spread['ratio'], '.3g')}x; "
+            f"mean pairwise JS distance: {js})."
+        )
+        drivers = het["drivers"].get(DRIVERS_CONVENTION) or []
+        top = [d for d in drivers if (d.get("contribution") or 0) > 0][:3]
+        if top:
+            out.append(
+                "Driven most by: " + ", ".join(f"{d['group']} ({d['num_blocks']} blocks)" for d in top) + "."
+            )
+    st = doc.get("structure")
+    if st and st.get("by_role"):
+        parts = [
+            f"{role} {_g(v['share'], '.3f')} (random {_g(v['random_share'], '.3f')})"
+            for role, v in st["by_role"].items()
+        ]
+        out.append("Per-head Hessian mass share: " + ", ".join(parts) + ".")
+    w = doc.get("weights")
+    if w:
+        alpha = (w["summary"]["metrics"].get("alpha") or {}).get("median")
+        out.append(
+            f"Weights: {w['summary']['n_matrices']} matrices analysed; median power-law alpha {_g(alpha, '.3g')}."
+        )
+    if doc.get("kind") == "hessian":
+        out.append(
+            "Hessian part alone (`spectra hessian`): weight spectra, head structure and recommendations not "
+            "run; `spectra analyze` writes them."
+        )
+    rec = doc.get("recommendations")
+    if rec:
+        s = rec["summary"]
+        out.append(
+            f"PC layer would help {s['pc_apply']} of {s['pc_candidates']} candidate matrices "
+            f"(level {s['pc_level']} for {rec['optimizer']})."
+        )
+    return out
+
+
+def block_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per block: name, group, layer, dim, lambda_max, lambda_min, trace (from the heterogeneity section,
+    which also covers blocks left out of the JS matrices via the Hessian section)."""
+    het = doc.get("heterogeneity") or {}
+    meta = {b["name"]: b for b in het.get("blocks", [])}
+    from hessian_spectra.analyses.heterogeneity.blocks import block_group, block_layer
+
+    rows = []
+    for b in (doc.get("hessian") or {}).get("blocks", []):
+        m = meta.get(b["name"], {})
+        rows.append(
+            {
+                "name": b["name"], "group": m.get("group") or block_group(b["name"]),
+                "layer": m.get("layer") if m else block_layer(b["name"]), "dim": b["dim"],
+                "lambda_max": b["lambda_max"], "lambda_min": b["lambda_min"], "trace": b["trace"],
+                "trace_stderr": b["trace_stderr"], "in_js": b["name"] in meta,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema of report.json."""
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate_document(doc: Mapping[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``doc`` does not follow the schema (needs jsonschema)."""
+    import jsonschema
+
+    jsonschema.validate(json.loads(json.dumps(json_safe(dict(doc)))), load_schema())
