@@ -29,9 +29,9 @@ _EXPORTS: dict[str, str] = {
     # PC layer and spectral clipping
     "apply_pc": "hessian_spectra.analyses.advice.pc_layer",
     "predicted_singular_values": "hessian_spectra.analyses.advice.pc_layer",
-    "merge_pc": "hessian_spectra.analyses.advice.pc_layer",
-    "merge_pc_state_dict": "hessian_spectra.analyses.advice.pc_layer",
-    "convert_to_pc": "hessian_spectra.analyses.advice.pc_layer",
+    "merge_pc": "hessian_spectra.analyses.advice.pc_merge",
+    "merge_pc_state_dict": "hessian_spectra.analyses.advice.pc_merge",
+    "convert_to_pc": "hessian_spectra.analyses.advice.pc_merge",
     "hard_clip": "hessian_spectra.analyses.advice.clipping",
     "soft_clip": "hessian_spectra.analyses.advice.clipping",
     "soft_clip_exact": "hessian_spectra.analyses.advice.clipping",

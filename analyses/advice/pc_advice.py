@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from hessian_spectra.analyses.advice import pc_layer
+from hessian_spectra.analyses.advice import pc_layer, pc_merge
 from hessian_spectra.analyses.advice.inputs import MatrixInput
 from hessian_spectra.errors import InputError
 from hessian_spectra.io import json_safe
@@ -140,7 +140,7 @@ def pc_report(
         item.name, item.role, (rows, cols), True, pc_layer.condition_number(s), mcn, iid, ratio,
         pc_layer.stable_rank(s), tuple(preds), apply, level if apply else None,
         sufficient if apply else None, why, pi, safe, margin, pc_layer.extra_forward_flops(rows, cols, level),
-        100 * pc_layer.merge_sensitivity(s, level), spectra,
+        100 * pc_merge.merge_sensitivity(s, level), spectra,
     )  # fmt: skip
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hessian_spectra.analyses.partitions.classify import ParamInfo, classify
 from hessian_spectra.analyses.partitions.partition import Partition, _build
-from hessian_spectra.analyses.partitions.rules import BlockRule, ParamInfo, arch_info, classify
+from hessian_spectra.analyses.partitions.rules import BlockRule, arch_info
 from hessian_spectra.errors import InputError
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hessian_spectra.analyses.advice import pc_layer as pc
+from hessian_spectra.analyses.advice import pc_merge as pcm
 from hessian_spectra.errors import InputError
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -93,10 +94,10 @@ def test_metric_definitions():
 def test_convert_then_merge_round_trip(shape, level):
     w = _heavy(shape, seed=10 + level)
     for gamma in (1.0, 0.5):
-        form = pc.convert_to_pc(w, level, gamma=gamma)
+        form = pcm.convert_to_pc(w, level, gamma=gamma)
         # s_hat is the converted weight's own spectral norm and u^T V v recovers it
         assert float(torch.linalg.matrix_norm(form.weight, ord=2)) == pytest.approx(form.s_hat, rel=1e-12)
-        merged = pc.merge_pc(form.weight, form.gamma, form.u, form.v, level)
+        merged = pcm.merge_pc(form.weight, form.gamma, form.u, form.v, level)
         assert float((merged - w).abs().max()) <= 1e-10 * float(w.abs().max())
 
 
@@ -104,7 +105,7 @@ def test_convert_then_merge_round_trip(shape, level):
 def test_converted_weight_survives_power_iteration(level):
     # the top gap 1 vs <= x_star makes the layer's own power iteration find s_hat quickly
     w = _heavy((48, 24), seed=3)
-    form = pc.convert_to_pc(w, level)
+    form = pcm.convert_to_pc(w, level)
     g = torch.Generator().manual_seed(0)
     v = torch.randn(24, generator=g, dtype=torch.float64)
     for _ in range(40):
@@ -112,7 +113,7 @@ def test_converted_weight_survives_power_iteration(level):
         u = u / u.norm()
         v = form.weight.T @ u
         v = v / v.norm()
-    merged = pc.merge_pc(form.weight, form.gamma, u, v, level)
+    merged = pcm.merge_pc(form.weight, form.gamma, u, v, level)
     assert float((merged - w).abs().max()) <= 1e-8 * float(w.abs().max())
 
 
@@ -128,23 +129,23 @@ def test_merge_then_convert_round_trip(level):
     v, _ = np.linalg.qr(rng.standard_normal((m, m)))
     s_hat, gamma = 3.0, 1.7
     pc_weight = torch.from_numpy((u * (s_hat * x)) @ v.T)
-    merged = pc.merge_pc(pc_weight, gamma, torch.from_numpy(u[:, 0]), torch.from_numpy(v[:, 0]), level)
-    back = pc.convert_to_pc(merged, level, gamma=gamma)
+    merged = pcm.merge_pc(pc_weight, gamma, torch.from_numpy(u[:, 0]), torch.from_numpy(v[:, 0]), level)
+    back = pcm.convert_to_pc(merged, level, gamma=gamma)
     assert back.s_hat == pytest.approx(s_hat, rel=1e-12)
     assert float((back.weight - pc_weight).abs().max()) <= 1e-10 * float(pc_weight.abs().max())
     # and merging again reproduces the same effective weight
-    again = pc.merge_pc(back.weight, back.gamma, back.u, back.v, level)
+    again = pcm.merge_pc(back.weight, back.gamma, back.u, back.v, level)
     assert float((again - merged).abs().max()) <= 1e-10 * float(merged.abs().max())
 
 
 def test_merge_accepts_unnormalised_vectors_and_tensor_gamma():
     w = _rand((20, 12), seed=5)
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    a = pc.merge_pc(w, 1.3, u[:, 0], vh[0], 4)
-    b = pc.merge_pc(w, torch.tensor([1.3]), 5 * u[:, 0], 0.1 * vh[0], 4)
+    a = pcm.merge_pc(w, 1.3, u[:, 0], vh[0], 4)
+    b = pcm.merge_pc(w, torch.tensor([1.3]), 5 * u[:, 0], 0.1 * vh[0], 4)
     assert torch.allclose(a, b, atol=1e-13)
     with pytest.raises(InputError):
-        pc.merge_pc(w, 1.0, u[:10, 0], vh[0], 4)
+        pcm.merge_pc(w, 1.0, u[:10, 0], vh[0], 4)
 
 
 def test_merge_sensitivity_matches_finite_difference():
@@ -154,9 +155,9 @@ def test_merge_sensitivity_matches_finite_difference():
         base = pc.apply_pc(w, level, float(s[0]))
         moved = pc.apply_pc(w, level, float(s[0]) * 1.01)
         actual = float(torch.linalg.matrix_norm(moved - base) / torch.linalg.matrix_norm(base))
-        assert pc.merge_sensitivity(s, level) == pytest.approx(actual, rel=1e-9)
+        assert pcm.merge_sensitivity(s, level) == pytest.approx(actual, rel=1e-9)
     # REFERENCE: a 1% error in s_hat moves the merged weight ~0.8% at level 4
-    assert 0.005 < pc.merge_sensitivity(s, 4) < 0.011
+    assert 0.005 < pcm.merge_sensitivity(s, 4) < 0.011
 
 
 def test_p_inverse_and_its_limits():
@@ -216,7 +217,7 @@ def test_power_estimate_matches_actual_power_iteration():
 
 def test_merge_state_dict_round_trip():
     w1, w2 = _heavy((30, 20), seed=1), _heavy((20, 30), seed=2)
-    f1, f2 = pc.convert_to_pc(w1, 4, gamma=2.0), pc.convert_to_pc(w2, 4)
+    f1, f2 = pcm.convert_to_pc(w1, 4, gamma=2.0), pcm.convert_to_pc(w2, 4)
     sd = {
         "blk.0.mlp.weight": f1.weight, "blk.0.mlp.gamma": torch.tensor([f1.gamma], dtype=torch.float64),
         "blk.0.mlp.u": f1.u, "blk.0.mlp.v": f1.v,
@@ -225,7 +226,7 @@ def test_merge_state_dict_round_trip():
         "norm.weight": torch.ones(20, dtype=torch.float64),
     }  # fmt: skip
     before = dict(sd)
-    res = pc.merge_pc_state_dict(sd, 4)
+    res = pcm.merge_pc_state_dict(sd, 4)
     assert res.merged == ("blk.0.mlp", "blk.1.mlp")
     assert set(res.state_dict) == {"blk.0.mlp.weight", "blk.1.mlp.weight", "norm.weight"}
     assert float((res.state_dict["blk.0.mlp.weight"] - w1).abs().max()) <= 1e-10 * float(w1.abs().max())
@@ -234,4 +235,4 @@ def test_merge_state_dict_round_trip():
     assert sd.keys() == before.keys() and sd["blk.0.mlp.weight"] is f1.weight  # input untouched
     del sd["blk.1.mlp.v"]
     with pytest.raises(InputError, match="lacks"):
-        pc.merge_pc_state_dict(sd, 4)
+        pcm.merge_pc_state_dict(sd, 4)
