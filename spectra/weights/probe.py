@@ -20,9 +20,9 @@ from hessian_spectra.checkpoints.reader import Checkpoint, open_checkpoint
 from hessian_spectra.weights.metrics import compute_metrics
 from hessian_spectra.weights.plan import WeightsSettings, _spectrum_plan, compute_dtype_of, plan_inventory
 from hessian_spectra.weights.provenance import provenance
-from hessian_spectra.weights.results import MatrixReport, WeightsReport
+from hessian_spectra.weights.results import MatrixReport, WeightsReport, full_status
 from hessian_spectra.weights.summary import summarize
-from hessian_spectra.weights.svd import count_nonfinite, singular_values
+from hessian_spectra.weights.svd import count_nonfinite, scaled_singular_values
 from hessian_spectra.weights.svd_partial import partial_singular_values
 
 if TYPE_CHECKING:  # torch is imported only for .bin/.pt checkpoints and live modules
@@ -160,7 +160,7 @@ def analyse_views(
     """:func:`analyse_view` for many matrices, in order; the full spectra of finite torch matrices are
     computed by :func:`hessian_spectra.weights.svd_batched.singular_values_batched` (one batched call per shape when ``batch``;
     None: only off the CPU, where batching pays). Partial spectra and NaN/Inf matrices go one by one."""
-    from hessian_spectra.weights.svd_batched import singular_values_batched
+    from hessian_spectra.weights.svd_batched import scaled_singular_values_batched
 
     out: list[MatrixReport | None] = [None] * len(views)
     full: list[int] = []
@@ -171,7 +171,7 @@ def analyse_views(
             out[i] = analyse_view(view, None, settings, compute_dtype)
         else:
             full.append(i)
-    svs = singular_values_batched(
+    svs = scaled_singular_values_batched(
         [views[i].matrix for i in full], dtype=compute_dtype, method=settings.method, batch=batch
     )
     for i, sv in zip(full, svs, strict=True):
@@ -179,8 +179,19 @@ def analyse_views(
         shape = (int(v.matrix.shape[0]), int(v.matrix.shape[1]))
         extra = _spectrum_plan(shape, settings)[2]
         note = _join(v.note, extra) if extra else v.note
-        metrics = compute_metrics(sv, shape, name=v.name, dtype=settings.dtype)
-        out[i] = MatrixReport(v.name, v.tensor_name, v.kind, v.role, shape, "ok", note, 0, metrics, sv)
+        metrics = compute_metrics(sv.values, shape, name=v.name, dtype=settings.dtype, exponent=sv.exponent)
+        out[i] = MatrixReport(
+            v.name,
+            v.tensor_name,
+            v.kind,
+            v.role,
+            shape,
+            full_status(metrics),
+            note,
+            0,
+            metrics,
+            sv.unscaled(),
+        )
     return [r for r in out if r is not None]
 
 
@@ -240,11 +251,14 @@ def analyse_view(
         part = partial_singular_values(matrix, k, which=which, seed=settings.seed)
         metrics = compute_metrics(None, shape, name=view.name, dtype=settings.dtype, partial=part)
         sv = part.top
-        status = "partial"
+        status = "zero" if metrics.spectrum == "zero" else "partial"
     else:
-        sv = singular_values(matrix, dtype=compute_dtype, method=settings.method)
-        metrics = compute_metrics(sv, shape, name=view.name, dtype=settings.dtype)
-        status = "ok"
+        scaled = scaled_singular_values(matrix, dtype=compute_dtype, method=settings.method)
+        metrics = compute_metrics(
+            scaled.values, shape, name=view.name, dtype=settings.dtype, exponent=scaled.exponent
+        )
+        sv = scaled.unscaled()
+        status = full_status(metrics)
     return MatrixReport(view.name, view.tensor_name, view.kind, role, shape, status, note, 0, metrics, sv)
 
 

@@ -23,8 +23,10 @@ SCHEMA_VERSION = "hessian-spectra/weights/1"
 class MatrixReport:
     """One analysed matrix: where it came from, its status and its metrics.
 
-    ``status`` is ``"ok"``, ``"partial"`` (top/bottom-k only: full-spectrum metrics are None) or
-    ``"nonfinite"`` (the matrix holds NaN/Inf; no metrics are computed, ``n_nonfinite`` says how many).
+    ``status`` is ``"ok"``, ``"partial"`` (top/bottom-k only: full-spectrum metrics are None),
+    ``"zero"`` (every entry is 0: norms and ranks 0, the rest undefined) or ``"nonfinite"`` (the matrix
+    holds NaN/Inf; no metrics are computed, ``n_nonfinite`` says how many). Every null metric's reason
+    is in ``metrics.null_reasons``.
     """
 
     name: str
@@ -86,6 +88,11 @@ def _record_dict(record: TensorRecord) -> dict[str, Any]:
     return d
 
 
+def full_status(metrics: MatrixMetrics) -> str:
+    """Status of a matrix whose full spectrum was computed: ``"zero"`` for a zero matrix, else ``"ok"``."""
+    return "zero" if metrics.spectrum == "zero" else "ok"
+
+
 CSV_COLUMNS_HEAD = ("name", "tensor_name", "kind", "role", "rows", "cols", "status", "n_nonfinite")
 
 
@@ -101,7 +108,9 @@ def report_rows(report: WeightsReport) -> list[dict[str, Any]]:
             for key, value in m.metrics.to_dict().items():
                 if key in ("name", "shape"):
                     continue
-                if isinstance(value, dict):
+                if key == "null_reasons":  # one column: "metric: why; metric: why"
+                    row[key] = "; ".join(f"{k}: {v}" for k, v in value.items())
+                elif isinstance(value, dict):
                     for sub, subval in value.items():
                         row[f"{key}_{sub}"] = subval
                 elif isinstance(value, list | tuple):

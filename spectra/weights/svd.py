@@ -1,13 +1,17 @@
 """Exact singular values of one weight matrix: float64 SVD or slab-wise Gram + eigvalsh, numpy or torch.
 
 Also home of what the batched (``svd_batched``) and partial (``svd_partial``) paths share: the NaN/Inf
-count and the input/dtype checks. ``method="auto"`` takes the Gram path and falls back to the SVD for
-ill-conditioned matrices; NaN/Inf matrices get an all-NaN spectrum, never an exception.
+count, the power-of-two scaling and the input/dtype checks. ``method="auto"`` takes the Gram path and
+falls back to the SVD for ill-conditioned matrices; NaN/Inf matrices get an all-NaN spectrum, never an
+exception. Every matrix is first divided by the power of two nearest its largest entry (exact), so
+entries anywhere in float64's range neither overflow the Gram nor underflow it.
 Design notes: spectra/docs/svd-accuracy.md.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -15,10 +19,61 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported lazily: numpy inputs (the safetensors fast path) never load it
     import torch
 
-__all__ = ["count_nonfinite", "singular_values"]
+__all__ = ["ScaledSpectrum", "count_nonfinite", "max_abs", "scaled_singular_values", "singular_values"]
 
 Method = Literal["auto", "gram", "svd"]
 DEFAULT_MIN_RCOND = 1e-5
+
+
+@dataclass(frozen=True)
+class ScaledSpectrum:
+    """Singular values of ``W / 2**exponent`` (descending): the true ones are ``values * 2**exponent``.
+
+    Kept apart so that spectra of matrices with entries near float64's limits stay representable:
+    ratios (ranks, condition numbers, alpha) come from ``values``, norms are scaled back one by one.
+    """
+
+    values: np.ndarray
+    exponent: int = 0
+
+    def unscaled(self) -> np.ndarray:
+        """The true singular values (inf/0 where they leave float64's range, which 1e-300..1e300 entries never do)."""
+        with np.errstate(over="ignore", under="ignore"):
+            return np.ldexp(self.values, self.exponent)
+
+
+def max_abs(matrix: torch.Tensor | np.ndarray) -> float:
+    """Largest |entry| of a finite matrix, without a temporary the size of the matrix (0.0 when empty)."""
+    if matrix.size == 0 if isinstance(matrix, np.ndarray) else matrix.numel() == 0:
+        return 0.0
+    if isinstance(matrix, np.ndarray):
+        return float(max(abs(matrix.min()), abs(matrix.max())))
+    import torch
+
+    lo, hi = torch.aminmax(matrix.detach())
+    return float(max(abs(float(lo)), abs(float(hi))))
+
+
+def scale_exponent(largest: float) -> int:
+    """The power of two e with ``largest / 2**e`` in [0.5, 1) (0 for a zero matrix)."""
+    return math.frexp(largest)[1] if largest > 0 else 0
+
+
+def mul_pow2(x: Any, k: int) -> Any:
+    """``x * 2**k`` exactly (numpy or torch, any k in float64's exponent range, no overflow on the way).
+
+    Steps of at most 2**60 keep each factor finite even in float32; a step's product is exact as long as
+    it does not underflow, and the intermediate values move monotonically towards the result.
+    """
+    if k == 0:
+        return x
+    if isinstance(x, np.ndarray):
+        return np.ldexp(x, k)
+    while k:
+        step = max(-60, min(60, k))
+        x = x * (2.0**step)
+        k -= step
+    return x
 
 
 def count_nonfinite(matrix: torch.Tensor | np.ndarray) -> int:
@@ -94,38 +149,62 @@ def _gram_slabs(w: Any, itemsize: int, cast: Any, zeros: Any) -> Any:
     return g
 
 
-def _gram_np(w: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """:func:`_gram_slabs` for numpy arrays (numpy/BLAS products)."""
+def _cast_scaled(c: Any, dtype: Any, e: int) -> Any:
+    """``c / 2**e`` in ``dtype`` (numpy or torch), scaled in the wider of the two dtypes so nothing
+    overflows on the way down to float32; never modifies ``c``."""
+    if isinstance(c, np.ndarray):
+        if c.dtype.itemsize > dtype.itemsize:
+            return mul_pow2(c, -e).astype(dtype)
+        return mul_pow2(c.astype(dtype, copy=False), -e)
+    if c.element_size() > _itemsize(dtype):
+        return mul_pow2(c, -e).to(dtype)
+    return mul_pow2(c.to(dtype), -e)
+
+
+def _itemsize(dtype: Any) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _gram_np(w: np.ndarray, dtype: np.dtype, e: int = 0) -> np.ndarray:
+    """:func:`_gram_slabs` of ``w / 2**e`` for numpy arrays (numpy/BLAS products)."""
     return _gram_slabs(
-        w, dtype.itemsize, lambda c: c.astype(dtype, copy=False), lambda n: np.zeros((n, n), dtype)
+        w, dtype.itemsize, lambda c: _cast_scaled(c, dtype, e), lambda n: np.zeros((n, n), dtype)
     )
 
 
-def _singular_values_np(w: np.ndarray, dtype: Any, method: str, min_rcond: float) -> np.ndarray:
-    """:func:`singular_values` on a 2-D numpy array without torch (numpy/LAPACK eigvalsh or SVD)."""
+def _singular_values_np(w: np.ndarray, dtype: Any, method: str, min_rcond: float) -> ScaledSpectrum:
+    """:func:`scaled_singular_values` on a 2-D numpy array without torch (numpy/LAPACK eigvalsh or SVD)."""
     dt = _np_dtype(dtype)
     k = min(w.shape)
     if k == 0:
-        return np.zeros(0)
+        return ScaledSpectrum(np.zeros(0))
     if _count_nonfinite_np(w):
-        return np.full(k, np.nan)
+        return ScaledSpectrum(np.full(k, np.nan))
+    largest = max_abs(w)
+    if largest == 0.0:
+        return ScaledSpectrum(np.zeros(k))  # a zero matrix: its spectrum is exact without a decomposition
+    e = scale_exponent(largest)
     if method == "svd":
-        s = np.linalg.svd(w.astype(dt, copy=False), compute_uv=False)
+        s = np.linalg.svd(_cast_scaled(w, dt, e), compute_uv=False)
     else:
-        ev = np.linalg.eigvalsh(_gram_np(w, dt))  # ascending
+        ev = np.linalg.eigvalsh(_gram_np(w, dt, e))  # ascending
         s = np.sqrt(np.maximum(ev, 0))[::-1]
         if method == "auto" and _needs_svd(s, min_rcond):
-            s = np.linalg.svd(w.astype(dt, copy=False), compute_uv=False)
-    return np.ascontiguousarray(s, dtype=np.float64)
+            s = np.linalg.svd(_cast_scaled(w, dt, e), compute_uv=False)
+    return ScaledSpectrum(np.ascontiguousarray(s, dtype=np.float64), e)
 
 
-def _gram(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`_gram_slabs` for a 2-D torch tensor (on its own device)."""
+def _gram(w: torch.Tensor, dtype: torch.dtype, e: int = 0) -> torch.Tensor:
+    """:func:`_gram_slabs` of ``w / 2**e`` for a 2-D torch tensor (on its own device)."""
     import torch
 
-    itemsize = torch.empty((), dtype=dtype).element_size()
     return _gram_slabs(
-        w, itemsize, lambda c: c.to(dtype), lambda n: torch.zeros(n, n, dtype=dtype, device=w.device)
+        w,
+        _itemsize(dtype),
+        lambda c: _cast_scaled(c, dtype, e),
+        lambda n: torch.zeros(n, n, dtype=dtype, device=w.device),
     )
 
 
@@ -151,8 +230,25 @@ def singular_values(
     """All min(N, M) singular values of ``matrix``, descending, as a float64 numpy array.
 
     Computed in ``dtype`` (float64 by default, see spectra/docs/svd-accuracy.md for the accuracy of each
-    ``method``). A matrix with any NaN/Inf entry returns an all-NaN array instead of raising. A numpy
-    array is decomposed with numpy/LAPACK and never imports torch (the safetensors fast path).
+    ``method``) on the matrix scaled by a power of two (:func:`scaled_singular_values`), then scaled back.
+    A matrix with any NaN/Inf entry returns an all-NaN array instead of raising. A numpy array is
+    decomposed with numpy/LAPACK and never imports torch (the safetensors fast path).
+    """
+    return scaled_singular_values(matrix, dtype=dtype, method=method, min_rcond=min_rcond).unscaled()
+
+
+def scaled_singular_values(
+    matrix: torch.Tensor | np.ndarray,
+    *,
+    dtype: torch.dtype | str = "float64",
+    method: Method = "auto",
+    min_rcond: float = DEFAULT_MIN_RCOND,
+) -> ScaledSpectrum:
+    """:func:`singular_values` of ``matrix / 2**e`` with e such that the largest |entry| lands in [0.5, 1).
+
+    Dividing by a power of two is exact, so the result is the same spectrum bit for bit wherever the
+    unscaled computation did not overflow or underflow, and it stays right for entries near 1e-300 or
+    1e300 (where W^T W leaves float64's range).
     """
     _check_method(method)
     if isinstance(matrix, np.ndarray):
@@ -166,17 +262,21 @@ def singular_values(
     w = _as_2d(matrix)
     k = min(w.shape)
     if k == 0:
-        return np.zeros(0)
+        return ScaledSpectrum(np.zeros(0))
     if count_nonfinite(w):
-        return np.full(k, np.nan)
+        return ScaledSpectrum(np.full(k, np.nan))
+    largest = max_abs(w)
+    if largest == 0.0:
+        return ScaledSpectrum(np.zeros(k))
+    e = scale_exponent(largest)
     with torch.no_grad():
         if method == "svd":
-            s = torch.linalg.svdvals(w.to(dtype))
+            s = torch.linalg.svdvals(_cast_scaled(w, dtype, e))
         else:
-            s = _eig_to_sv(_gram(w, dtype))
+            s = _eig_to_sv(_gram(w, dtype, e))
             if method == "auto" and _needs_svd(s, min_rcond):
-                s = torch.linalg.svdvals(w.to(dtype))
-    return s.double().cpu().numpy()
+                s = torch.linalg.svdvals(_cast_scaled(w, dtype, e))
+    return ScaledSpectrum(s.double().cpu().numpy(), e)
 
 
 def _needs_svd(s: torch.Tensor | np.ndarray, min_rcond: float) -> bool:

@@ -6,13 +6,14 @@ Every returned value comes with an a-posteriori residual bound and a converged f
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from hessian_spectra.errors import ConvergenceWarning
-from hessian_spectra.weights.svd import _as_2d, count_nonfinite
+from hessian_spectra.weights.svd import _as_2d, count_nonfinite, max_abs, mul_pow2, scale_exponent
 
 if TYPE_CHECKING:
     import torch
@@ -115,6 +116,19 @@ def partial_singular_values(
             float("nan"), "nonfinite", notes=("matrix has non-finite entries",),
         )  # fmt: skip
     a = w.astype(np.float64) if isinstance(w, np.ndarray) else w.double().cpu().numpy()
+    # .double().cpu() returns the caller's own storage only for a float64 CPU tensor
+    owned = isinstance(w, np.ndarray) or str(w.dtype) != "torch.float64" or w.device.type != "cpu"
+    largest = max_abs(a)
+    if largest == 0.0:  # a zero matrix: exact zeros, no Lanczos on a zero operator
+        zeros = np.zeros(k)
+        return PartialSpectrum(
+            (n, m), which, zeros if which != "bottom" else None, zeros if which != "top" else None,
+            zeros if which != "bottom" else None, zeros if which != "top" else None, True, tol, 0.0, "zero",
+        )  # fmt: skip
+    e = scale_exponent(
+        largest
+    )  # work on a / 2**e (exact) so 1e-300..1e300 entries neither under- nor overflow
+    a = np.ldexp(a, -e, out=a) if owned else mul_pow2(a, -e)  # in place on our own copy (no second one)
     fro = float(np.linalg.norm(a))
     notes: list[str] = []
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -150,16 +164,23 @@ def partial_singular_values(
         )
     top = results.get("top")
     bot = results.get("bottom")
+
+    def back(x: np.ndarray | None) -> np.ndarray | None:  # scale values and residuals back (exact)
+        if x is None:
+            return None
+        with np.errstate(over="ignore", under="ignore"):
+            return np.ldexp(x, e)
+
     return PartialSpectrum(
         shape=(n, m),
         which=which,
-        top=None if top is None else top[0],
-        bottom=None if bot is None else bot[0],
-        top_residuals=None if top is None else top[1],
-        bottom_residuals=None if bot is None else bot[1],
+        top=None if top is None else back(top[0]),
+        bottom=None if bot is None else back(bot[0]),
+        top_residuals=None if top is None else back(top[1]),
+        bottom_residuals=None if bot is None else back(bot[1]),
         converged=bool(converged),
         tol=tol,
-        frobenius_norm=fro,
+        frobenius_norm=math.ldexp(fro, e),
         method=method,
         notes=tuple(notes),
     )

@@ -119,8 +119,10 @@ def test_singular_and_zero_matrices():
     mm = compute_metrics(np.array([2.0, 1.0, 0.0]), (5, 3))
     assert mm.condition_number == math.inf and mm.to_dict()["condition_number"] is None
     assert any("condition number is infinite" in w for w in mm.warnings)
+    assert "numerically singular" in mm.null_reasons["condition_number"]
     z = compute_metrics(np.zeros(3), (5, 3), name="z")
-    assert z.sigma_max is None and z.alpha is None and z.warnings
+    assert z.spectrum == "zero" and z.sigma_max == 0.0 and z.numerical_rank == 0
+    assert z.alpha is None and "zero matrix" in z.null_reasons["alpha"] and z.warnings
 
 
 def test_nonfinite_gives_none_row_not_crash():
