@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     # errors and I/O
     "SpectraError": "hessian_spectra.errors",
     "InputError": "hessian_spectra.errors",
+    "OutputError": "hessian_spectra.errors",
     "ConvergenceWarning": "hessian_spectra.errors",
     # checkpoints and the weight-spectrum probe
     "open_checkpoint": "hessian_spectra.checkpoints.reader",

@@ -15,6 +15,7 @@ from hessian_spectra.analyses.report.document import validate_document
 from hessian_spectra.analyses.report.write import REPORT_FILES, write_report
 from hessian_spectra.curvature.losses import cross_entropy
 from hessian_spectra.curvature.probe import HessianSettings
+from hessian_spectra.output_set import MANIFEST
 
 
 def _gpt(std: float | None = 0.02):
@@ -47,7 +48,7 @@ def test_report_json_valid_and_complete(report):
     import jsonschema
 
     doc, figs, out = report
-    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, MANIFEST])  # + the set's manifest
     on_disk = json.loads((out / "report.json").read_text())
     validate_document(on_disk)
     for key in ("hessian", "heterogeneity", "structure", "weights", "recommendations"):

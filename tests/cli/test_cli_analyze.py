@@ -20,6 +20,7 @@ def test_hessian_command_writes_report_matching_exact(tmp_path, capsys):
     import torch
     from hessian_spectra.analyses.report.document import validate_document
     from hessian_spectra.analyses.report.write import REPORT_FILES
+    from hessian_spectra.output_set import MANIFEST
 
     factory = tmp_path / "factory.py"
     factory.write_text(FACTORY)
@@ -29,7 +30,7 @@ def test_hessian_command_writes_report_matching_exact(tmp_path, capsys):
     assert code in (0, None)
     err = capsys.readouterr().err
     assert "cost estimate" in err and "HVPs" in err
-    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, MANIFEST])  # + the set's manifest
     doc = json.loads((out / "report.json").read_text())
     validate_document(doc)  # the report schema of `spectra analyze`
     assert doc["kind"] == "hessian" and doc["provenance"]["torch"]
