@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 from hessian_spectra.cli import options as o
-from hessian_spectra.cli.console import err_console, out_console, progress_bar
+from hessian_spectra.cli.console import err_console, out_console, progress_bar, safe
 from hessian_spectra.errors import InputError
 
 
@@ -19,7 +19,7 @@ def run_analysis(model, batches, loss, settings, options, *, source: str, weight
 
     def announce(cost) -> None:
         if not quiet:
-            err_console().print(f"[bold]{label}[/]: cost estimate {cost.describe()}")
+            err_console().print(f"[bold]{safe(label)}[/]: cost estimate {safe(cost.describe())}")
 
     with progress_bar(f"{label} hessian", quiet=quiet, unit="HVPs") as update:
         return analyze_model(
@@ -35,8 +35,10 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
     """Load the workload (factory or HF directory), analyse, write the report folder atomically.
     ``kind="hessian"`` (with every non-Hessian option off) is `spectra hessian`."""
     from hessian_spectra.analyses.report.write import write_report
+    from hessian_spectra.io import check_output_dir
 
     settings.validate()
+    check_output_dir(out)  # a bad --out fails now, not after the analysis
     if (factory is None) == (model_dir is None):
         raise InputError(
             "MODEL", "give either a Hugging Face model directory or --model-factory module:function"
@@ -67,8 +69,8 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
     if not quiet:
         console = out_console()
         for line in doc["findings"]:
-            console.print(line)
-        console.print(f"wrote report.json, report.md, report.html to {out}")
+            console.print(safe(line))
+        console.print(f"wrote report.json, report.md, report.html to {safe(out)}")
     return doc
 
 

@@ -1,31 +1,58 @@
-"""Terminal helpers shared by the commands: stderr console, one-line failures, progress bars."""
+"""Terminal helpers shared by the commands: stderr console, one-line failures, progress bars, and
+:func:`safe`, the one escaping helper every name, path and message goes through before it is printed."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
+#: C0 and C1 controls (ESC, CSI, BEL, backspace, CR, ...), DEL, line/paragraph separators and the
+#: bidirectional overrides/isolates that can make a name display as something else.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: object, *, markup: bool = True) -> str:
+    """``text`` made harmless to print: control characters and raw escape sequences shown as ``\\xNN``
+    (never acted on by the terminal), and rich markup (``[/]``, ``[bold]``, ``[link=...]``) escaped when
+    the string goes into a rich print (``markup=False`` for plain prints)."""
+    from rich.markup import escape
+
+    cleaned = _CONTROLS.sub(_visible, str(text))
+    return escape(cleaned) if markup else cleaned
+
 
 def err_console():
-    """A rich console on stderr (progress and messages never pollute stdout tables/JSON)."""
+    """A rich console on stderr (progress and messages never pollute stdout tables/JSON); no emoji codes."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
 
 
 def out_console():
-    """A rich console on stdout for result tables (wide when piped, so rows are not folded)."""
+    """A rich console on stdout for result tables (wide when piped, so rows are not folded); no emoji
+    codes (``:smile:`` in a tensor name stays text)."""
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
+
+
+def error_line(message: object) -> str:
+    """``spectra: error: <message>`` as one line: whitespace runs collapsed, controls made visible."""
+    one_line = safe(" ".join(str(message).split()), markup=False)
+    return f"spectra: error: {one_line}"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``spectra: error: <message>`` as one line on stderr and exit with ``code``."""
-    one_line = " ".join(str(message).split())
-    print(f"spectra: error: {one_line}", file=sys.stderr)
+    print(error_line(message), file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -58,6 +85,6 @@ def progress_bar(description: str, *, quiet: bool, unit: str = "tensors") -> Ite
         task = progress.add_task(description, total=None, label="")
 
         def update(done: int, total: int, label: str = "") -> None:
-            progress.update(task, completed=done, total=total, label=label[-60:])
+            progress.update(task, completed=done, total=total, label=safe(label[-60:]))
 
         yield update

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from hessian_spectra.cli.console import out_console
+from hessian_spectra.cli.console import out_console, safe
 
 
 def run_demo(
@@ -30,8 +30,9 @@ def run_demo(
     from hessian_spectra.analyses.report.write import write_report
     from hessian_spectra.cli.analyze_cmd import run_analysis
     from hessian_spectra.curvature.probe import HessianSettings
-    from hessian_spectra.io import atomic_write_text, staged_directory
+    from hessian_spectra.io import atomic_write_text, check_output_dir, staged_directory
 
+    check_output_dir(out)
     started = time.perf_counter()
     budget = DemoBudget.reduced() if reduced else DemoBudget()
     settings = HessianSettings(
@@ -71,9 +72,9 @@ def run_demo(
         console = out_console()
         for r in rows:
             console.print(
-                f"{r['name']}: {r['verdict']} (block lambda_max spread {r['lambda_max_spread']:.3g}x)"
+                safe(f"{r['name']}: {r['verdict']} (block lambda_max spread {r['lambda_max_spread']:.3g}x)")
             )
-        console.print(f"wrote {', '.join(r['name'] for r in rows)} reports and summary.md to {out}")
+        console.print(f"wrote {', '.join(r['name'] for r in rows)} reports and summary.md to {safe(out)}")
     return rows
 
 

@@ -1,15 +1,19 @@
 """The ``spectra`` command line: parses arguments, wires the probes, shows progress, writes files.
 
-No maths lives here. Every error the tool raises on purpose (:class:`hessian_spectra.errors.SpectraError`) is
-printed as one line naming the file and the problem, with exit code 2, and no partial output.
+No maths lives here. Every way a run can end badly (an error the tool raises on purpose, a bad option,
+an exception from torch, transformers or a user's factory, a signal) is one line on stderr,
+``spectra: error: <where>: <what>``, with exit code 2 (128 + N for signal N); ``--debug`` or
+``SPECTRA_DEBUG=1`` adds the full traceback (see :mod:`hessian_spectra.cli.failures`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Annotated, NoReturn
 
 import typer
-from hessian_spectra.cli.console import err_console, fail, progress_bar
+from hessian_spectra.cli.console import error_line, progress_bar
 
 app = typer.Typer(
     name="spectra",
@@ -18,6 +22,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Full tracebacks and library warnings (anywhere on the line; or SPECTRA_DEBUG=1)."
+        ),
+    ] = False,
+) -> None:
+    """Curvature (Hessian) and weight spectra of PyTorch checkpoints, and what to do about them."""
 
 
 @app.command()
@@ -48,17 +64,63 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning deliberate errors into one-line messages."""
-    from hessian_spectra.errors import SpectraError
+def _split_debug(args: list[str]) -> tuple[list[str], bool]:
+    """Remove ``--debug`` from anywhere before a ``--`` (so ``spectra weights X --debug`` works too)."""
+    end = args.index("--") if "--" in args else len(args)
+    kept = [a for a in args[:end] if a != "--debug"] + args[end:]
+    env = os.environ.get("SPECTRA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    return kept, env or len(kept) != len(args)
 
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console-script entry point: run the app; any failure is one line (traceback with --debug)."""
+    from hessian_spectra.cli.failures import Noise, quiet_libraries, raised_in_command, signals_raise
+
+    args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    command = next((a for a in args if not a.startswith("-")), "spectra")
+    quiet = "--quiet" in args or "-q" in args
+    noise = Noise()
     try:
-        app(args=argv, prog_name="spectra", standalone_mode=True)
-    except SpectraError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        err_console().print("interrupted")
-        sys.exit(130)
+        with signals_raise():
+            if debug:
+                result = app(args=args, prog_name="spectra", standalone_mode=False)
+            else:
+                with quiet_libraries(noise):
+                    result = app(args=args, prog_name="spectra", standalone_mode=False)
+    except SystemExit as exc:
+        if not raised_in_command(exc):
+            raise  # the parser's own exits (help, a closed pipe) keep their code
+        _report(exc, command, debug)
+    except BaseException as exc:  # noqa: BLE001 - every way out becomes one line
+        _no_args_help(exc)
+        _report(exc, command, debug)
+    summary = noise.summary()
+    if summary and not quiet:
+        print(summary, file=sys.stderr)
+    raise SystemExit(result if isinstance(result, int) else 0)  # as click's standalone mode ends
+
+
+def _report(exc: BaseException, command: str, debug: bool) -> None:
+    """Print the one-line message (after the traceback with --debug) and exit with the code."""
+    from hessian_spectra.cli.failures import describe
+
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    try:
+        message, code = describe(exc, command)
+    except Exception:  # noqa: BLE001 - the report itself must never raise
+        message, code = f"{command}: internal error: {type(exc).__name__}: {exc}", 2
+    print(error_line(message), file=sys.stderr)
+    raise SystemExit(code) from None
+
+
+def _no_args_help(exc: BaseException) -> None:
+    """``spectra`` alone (or a group without a command) prints the help, as click would, and exits 0."""
+    if type(exc).__name__ == "NoArgsIsHelpError" and hasattr(exc, "ctx") and exc.ctx is not None:
+        print(exc.ctx.get_help())
+        raise SystemExit(0) from None
 
 
 __all__ = ["app", "main", "progress_bar"]

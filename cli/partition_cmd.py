@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from hessian_spectra.cli.console import err_console, out_console
+from hessian_spectra.cli.console import err_console, out_console, safe
 from hessian_spectra.errors import InputError
 
 
@@ -25,7 +25,7 @@ def run_partition(
 ) -> dict[str, Any]:
     """Partition a HF checkpoint folder or a ``--model-factory`` model; write partition.json atomically."""
     from hessian_spectra.analyses.partitions.build import partition_checkpoint, partition_model
-    from hessian_spectra.io import atomic_write_json
+    from hessian_spectra.io import atomic_write_json, check_output_file
 
     if (model is None) == (factory is None):
         raise InputError(
@@ -33,6 +33,7 @@ def run_partition(
         )
     if out.suffix.lower() != ".json":
         raise InputError(out, "--out must name a .json file")
+    check_output_file(out)
     work = None
     if factory is not None:
         from hessian_spectra.analyses.workloads import load_factory
@@ -78,18 +79,20 @@ def run_partition(
         s = partition.summary
         for key in ("num_learning_rates", "learning_rate_share", "num_params"):
             if key in s:
-                console.print(f"{key}: {s[key]}")
+                console.print(safe(f"{key}: {s[key]}"))
         if partition.unresolved:
             console.print(
-                f"[bold yellow]unresolved[/] ({len(partition.unresolved)}): {', '.join(partition.unresolved[:8])}"
+                f"[bold yellow]unresolved[/] ({len(partition.unresolved)}): {safe(', '.join(partition.unresolved[:8]))}"
             )
         if verify:
             for rule in doc["verify"]["rules"]:
                 verdict = "pass" if rule["passed"] else "FAIL"
                 console.print(
-                    f"rule {rule['key']}: share {rule['share']:.3f} vs random {rule['random_mean']:.3f}: {verdict}"
+                    safe(
+                        f"rule {rule['key']}: share {rule['share']:.3f} vs random {rule['random_mean']:.3f}: {verdict}"
+                    )
                 )
-        console.print(f"wrote {out}")
+        console.print(f"wrote {safe(out)}")
     return doc
 
 

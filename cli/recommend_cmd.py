@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from hessian_spectra.cli.console import out_console, progress_bar
+from hessian_spectra.cli.console import out_console, progress_bar, safe
 from hessian_spectra.errors import InputError
 
 
@@ -49,7 +49,7 @@ def run_recommend(
     from hessian_spectra.analyses.advice.inputs import inputs_from_weights_report
     from hessian_spectra.analyses.advice.markdown import render_markdown
     from hessian_spectra.analyses.advice.recommendations import recommend
-    from hessian_spectra.io import atomic_write_json, atomic_write_text, staged_directory
+    from hessian_spectra.io import atomic_write_json, atomic_write_text, check_output_dir, staged_directory
     from hessian_spectra.weights.plan import WeightsSettings
     from hessian_spectra.weights.probe import analyze_weights
     from hessian_spectra.weights.provenance import provenance
@@ -60,6 +60,7 @@ def run_recommend(
         if val is not None and (not math.isfinite(val) or val < 0):
             raise InputError(label, f"must be a non-negative number, got {val}")
     blocks = load_hessian_blocks(hessian) if hessian is not None else None
+    check_output_dir(out)
     settings = WeightsSettings(seed=seed)
     with progress_bar("weights", quiet=quiet) as update:
         report = analyze_weights(Path(path), settings, progress=update)
@@ -88,8 +89,8 @@ def run_recommend(
         console = out_console()
         for key, value in summary.items():
             if not isinstance(value, dict | list):
-                console.print(f"{key}: {value}")
-        console.print(f"wrote recommendations.json, recommendations.md to {out}")
+                console.print(safe(f"{key}: {value}"))
+        console.print(f"wrote recommendations.json, recommendations.md to {safe(out)}")
     return doc
 
 

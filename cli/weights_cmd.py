@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from hessian_spectra.cli.console import out_console, progress_bar
+from hessian_spectra.cli.console import out_console, progress_bar, safe
 from hessian_spectra.errors import InputError
 
 FORMATS = {"json", "csv"}
@@ -31,7 +31,7 @@ def run_weights(
     device: str = "auto",
 ) -> None:
     """Validate arguments, analyse, then write every requested output in one atomic step."""
-    from hessian_spectra.io import atomic_write_json, atomic_write_text, staged_directory
+    from hessian_spectra.io import atomic_write_json, atomic_write_text, check_output_dir, staged_directory
     from hessian_spectra.weights.plan import WeightsSettings
     from hessian_spectra.weights.probe import analyze_weights
     from hessian_spectra.weights.results import report_csv
@@ -52,6 +52,7 @@ def run_weights(
     from hessian_spectra.parallel.devices import resolve_device
 
     dev = resolve_device(device, "--device")  # torch-free when the machine has no NVIDIA driver
+    check_output_dir(out)  # a bad --out fails now, not after the analysis
 
     settings = WeightsSettings(layers=layers, topk=topk, dtype=dtype, threads=threads, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +90,7 @@ def run_weights(
                 written.append("depth.png")
     if not quiet:
         _print_table(report, table_rows)
-        out_console().print(f"wrote {', '.join(written)} to {out}")
+        out_console().print(f"wrote {', '.join(written)} to {safe(out)}")
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -104,7 +105,7 @@ def _print_table(report, max_rows: int) -> None:
     """A readable table of the main metrics, plus the robust model summary."""
     from rich.table import Table
 
-    table = Table(title=f"weight spectra: {report.source}", show_lines=False)
+    table = Table(title=f"weight spectra: {safe(report.source)}", show_lines=False)
     for col in (
         "matrix",
         "shape",
@@ -122,11 +123,11 @@ def _print_table(report, max_rows: int) -> None:
     for m in shown:
         x = m.metrics
         if x is None:
-            table.add_row(m.name, f"{m.shape[0]}x{m.shape[1]}", "-", "-", "-", "-", "-", "-", m.status)
+            table.add_row(safe(m.name), f"{m.shape[0]}x{m.shape[1]}", "-", "-", "-", "-", "-", "-", m.status)
             continue
         alpha = "-" if x.alpha is None else f"{x.alpha:.3g} ({x.n_tail})"
         table.add_row(
-            m.name, f"{m.shape[0]}x{m.shape[1]}", _fmt(x.sigma_max), _fmt(x.stable_rank), _fmt(x.condition_number),
+            safe(m.name), f"{m.shape[0]}x{m.shape[1]}", _fmt(x.sigma_max), _fmt(x.stable_rank), _fmt(x.condition_number),
             _fmt(x.modified_condition_number), alpha, _fmt(x.mp_n_spikes), m.status,
         )  # fmt: skip
     console = out_console()
@@ -150,7 +151,7 @@ def _print_table(report, max_rows: int) -> None:
         s = summary.get(key)
         if s is not None and s.median is not None:
             outl = (
-                f", outliers: {', '.join(s.outliers[:3])}{' ...' if len(s.outliers) > 3 else ''}"
+                f", outliers: {safe(', '.join(s.outliers[:3]))}{' ...' if len(s.outliers) > 3 else ''}"
                 if s.outliers
                 else ""
             )
@@ -163,7 +164,7 @@ def _print_table(report, max_rows: int) -> None:
     nonfinite = [m.name for m in report.matrices if m.status == "nonfinite"]
     if nonfinite:
         console.print(
-            f"[bold red]NaN/Inf weights[/] in {len(nonfinite)} matrices: {', '.join(nonfinite[:5])}"
+            f"[bold red]NaN/Inf weights[/] in {len(nonfinite)} matrices: {safe(', '.join(nonfinite[:5]))}"
         )
 
 

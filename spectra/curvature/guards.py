@@ -2,6 +2,10 @@
 
 * :func:`eval_mode`: dropout off and BatchNorm on running statistics for the duration; every submodule's
   ``training`` flag is restored exactly afterwards (a random operator breaks Lanczos).
+* :func:`frozen_buffers`: nothing that runs the model changes its buffers: BatchNorm in train mode
+  (``eval_mode=False``) normalises with batch statistics without updating ``running_mean``,
+  ``running_var`` or ``num_batches_tracked``, and any other buffer a forward pass writes (InstanceNorm
+  statistics, counters, caches) is put back bit for bit when the context exits.
 * :func:`math_attention`: the fused ``scaled_dot_product_attention`` kernels on CPU (and the fast paths of
   ``nn.MultiheadAttention``/``nn.TransformerEncoderLayer``, HF ``attn_implementation="sdpa"``) have no
   double backward; the MATH backend and HF eager attention do. Restored afterwards.
@@ -17,7 +21,9 @@ import torch
 from torch import nn
 
 __all__ = [
+    "BufferKeeper",
     "eval_mode",
+    "frozen_buffers",
     "math_attention",
     "hf_attention_modules",
     "uses_fused_attention",
@@ -35,6 +41,71 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+class BufferKeeper:
+    """Restores every buffer of ``model`` that a forward pass changes (see :func:`frozen_buffers`).
+
+    A buffer is copied once, and again only when its version counter shows that someone else changed it
+    between two uses, so a long-lived operator pays one copy of the buffers, not one per matvec.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._saved: dict[str, tuple[int, torch.Tensor]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        slots = [
+            (f"{prefix}.{key}" if prefix else key, module, key, buf)
+            for prefix, module in self.model.named_modules(remove_duplicate=False)
+            for key, buf in module._buffers.items()
+            if buf is not None
+        ]
+        entry: dict[str, int | None] = {}
+        for name, _, _, buf in slots:
+            version = _version(buf)
+            saved = self._saved.get(name)
+            if version is None or saved is None or saved[0] != version or saved[1].shape != buf.shape:
+                self._saved[name] = (version, buf.detach().clone())
+            entry[name] = version
+        changed: list[tuple[nn.Module, bool]] = []
+        for module in self.model.modules():  # BatchNorm in train mode: batch statistics, no update
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.training
+                and module.track_running_stats
+            ):
+                changed.append((module, module.track_running_stats))
+                module.track_running_stats = False
+        try:
+            yield
+        finally:
+            for module, flag in changed:
+                module.track_running_stats = flag
+            for name, module, key, buf in slots:
+                if module._buffers.get(key) is not buf:  # a forward that re-assigned the buffer
+                    module._buffers[key] = buf
+                if entry[name] is None or _version(buf) != entry[name]:
+                    with torch.no_grad():
+                        if not torch.equal(buf, self._saved[name][1]):
+                            buf.copy_(self._saved[name][1])
+                    self._saved[name] = (_version(buf), self._saved[name][1])
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return int(t._version)
+    except (RuntimeError, AttributeError):  # inference tensors have no version counter
+        return None
+
+
+@contextlib.contextmanager
+def frozen_buffers(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` without changing any of its buffers (BatchNorm running statistics included), even
+    in train mode; buffers a forward pass writes are restored on exit."""
+    with BufferKeeper(model)():
+        yield model
 
 
 def hf_attention_modules(model: nn.Module) -> list[nn.Module]:

@@ -15,6 +15,7 @@ import torch
 from hessian_spectra.curvature.block_operators import RestrictedOperator
 from hessian_spectra.curvature.blocks import Block
 from hessian_spectra.curvature.guards import (
+    BufferKeeper,
     eval_mode,
     is_double_backward_error,
     math_attention,
@@ -167,6 +168,7 @@ class _CurvatureBase:
         self._active = [(b, w) for b, w in zip(self.batches, self.weights, strict=True) if w > 0]
 
         self._eval = bool(eval_mode)
+        self._buffers = BufferKeeper(self._model)
         if self._eval and any(m.training for m in model.modules()):
             self.notes.append(
                 "model has modules in train mode: curvature computed in eval mode (dropout off, BatchNorm "
@@ -287,6 +289,7 @@ class _CurvatureBase:
     @contextlib.contextmanager
     def _context(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(self._buffers())  # BatchNorm statistics never change, even in train mode
             if self._eval:
                 stack.enter_context(eval_mode(self._model))
             if self._guard_on:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hessian_spectra.curvature.guards import frozen_buffers
 from hessian_spectra.errors import SpectraError
 from hessian_spectra.io import json_safe
 from hessian_spectra.krylov.trace import TraceEstimate
@@ -70,7 +71,7 @@ def _guarded(model: torch.nn.Module, seed: int) -> Iterator[bool]:
     grads = [(p, p.grad) for p in params]
     devices = [params[0].device.index or 0] if cuda else []
     try:
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings(), frozen_buffers(model):
             # PyHessian's backward(create_graph=True) warns about a grad cycle; we reset .grad after.
             warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
             torch.manual_seed(int(seed))
