@@ -29,7 +29,9 @@ def _bin(n: int) -> int | None:
 def pareto_table(reps: int, alphas: tuple[float, ...], sizes: tuple[int, ...], seed: int) -> None:
     rng = np.random.default_rng(seed)
     print("## A. Pareto samples (pdf ~ x^-alpha, x >= 1): fitted alpha by the fit's tail size n_tail")
-    print("columns per true alpha: median |err|, P(|err| <= 1), P(|err| <= 3 sigma_alpha), rms(err)/rms(sigma_alpha)")
+    print(
+        "columns per true alpha: median |err|, P(|err| <= 1), P(|err| <= 3 sigma_alpha), rms(err)/rms(sigma_alpha)"
+    )
     rows: dict[tuple[float, int], list[tuple[float, float]]] = {}
     for a in alphas:
         for n in sizes:
@@ -67,7 +69,9 @@ def matrix_table(reps: int, seed: int) -> None:
     print()
     print("## B. Matrices with few singular values: Gaussian (no power law) and Cauchy entries (heavy tail,")
     print("## ESD exponent 1 + mu/2 = 1.5 for tail index mu = 1, Martin & Mahoney). Rows: N x M, M values.")
-    print("| shape | Gaussian: median alpha [10%, 90%], median n_tail | Cauchy: median alpha [10%, 90%], median n_tail |")
+    print(
+        "| shape | Gaussian: median alpha [10%, 90%], median n_tail | Cauchy: median alpha [10%, 90%], median n_tail |"
+    )
     print("|---|---|---|")
     for m in (2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 384):
         n = 4 * m if m < 384 else 1536
@@ -95,7 +99,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    pareto_table(args.reps, (2.0, 3.0, 4.0, 6.0), (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20, 30, 50, 100, 200), args.seed)
+    pareto_table(
+        args.reps,
+        (2.0, 3.0, 4.0, 6.0),
+        (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 20, 30, 50, 100, 200),
+        args.seed,
+    )
     matrix_table(args.reps, args.seed + 1)
 
 

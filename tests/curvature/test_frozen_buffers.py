@@ -23,7 +23,9 @@ from torch import nn
 
 def buffer_hashes(model: nn.Module) -> dict[str, str]:
     return {
-        name: hashlib.sha256(b.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+        name: hashlib.sha256(
+            b.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+        ).hexdigest()
         for name, b in model.named_buffers()
     }
 
@@ -81,7 +83,9 @@ def test_train_mode_curvature_is_the_batch_statistics_hessian(bn):
 
 def test_run_hessian_leaves_buffers(bn):
     model, batches, loss, before = bn
-    run_hessian(model, batches, loss, HessianSettings(top_k=1, probes=2, steps=6, block_probes=1, block_steps=4))
+    run_hessian(
+        model, batches, loss, HessianSettings(top_k=1, probes=2, steps=6, block_probes=1, block_steps=4)
+    )
     assert buffer_hashes(model) == before and model.training
 
 

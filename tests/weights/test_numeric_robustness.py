@@ -38,7 +38,9 @@ def assert_reasons_complete(mm) -> None:
     for key in METRIC_FIELDS:
         value = getattr(mm, key)
         null = value is None or (isinstance(value, float) and not math.isfinite(value))
-        assert (key in mm.null_reasons) == null or key in ("condition_number", "modified_condition_number"), key
+        assert (key in mm.null_reasons) == null or key in ("condition_number", "modified_condition_number"), (
+            key
+        )
         if null:
             assert mm.null_reasons[key], key
 
@@ -106,7 +108,9 @@ def test_one_1e300_entry_is_ok_with_correct_metrics():
     ref = np.linalg.svd(w, compute_uv=False)
     mm = _metrics(w)
     assert mm.spectrum == "full"
-    assert mm.sigma_max == pytest.approx(ref[0], rel=1e-15) and mm.sigma_max == pytest.approx(1e300, rel=1e-15)
+    assert mm.sigma_max == pytest.approx(ref[0], rel=1e-15) and mm.sigma_max == pytest.approx(
+        1e300, rel=1e-15
+    )
     assert mm.frobenius_norm == pytest.approx(1e300, rel=1e-15)
     assert mm.stable_rank == 1.0 and mm.participation_ratio == 1.0 and mm.numerical_rank == 1
     assert mm.log_norm == pytest.approx(600.0, abs=1e-12)
@@ -131,7 +135,13 @@ def test_zero_matrix_reports_what_is_defined(make):
     w = make((16, 6))
     mm = _metrics(w)
     assert mm.spectrum == "zero"
-    assert (mm.sigma_max, mm.sigma_min, mm.frobenius_norm, mm.nuclear_norm, mm.numerical_rank) == (0, 0, 0, 0, 0)
+    assert (mm.sigma_max, mm.sigma_min, mm.frobenius_norm, mm.nuclear_norm, mm.numerical_rank) == (
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
     for key in ("stable_rank", "condition_number", "alpha", "log_norm", "spectral_entropy", "mp_bulk_edge"):
         assert getattr(mm, key) is None and "zero matrix" in mm.null_reasons[key], key
     assert_reasons_complete(mm)

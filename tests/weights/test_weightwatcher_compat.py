@@ -91,7 +91,9 @@ def _compare(details, model) -> int:
             ("sigma", mm.sigma_alpha),
         ]
         small_tail = row["num_pl_spikes"] < MIN_TAIL
-        if small_tail:  # ww reports alpha on any tail; we withhold it below MIN_TAIL (1 of 39 layers: 9 values)
+        if (
+            small_tail
+        ):  # ww reports alpha on any tail; we withhold it below MIN_TAIL (1 of 39 layers: 9 values)
             assert mm.alpha is None and "fewer than the minimum" in mm.null_reasons["alpha"], name
             assert fit_power_law(sv**2, min_tail=0).alpha == pytest.approx(row["alpha"], rel=RTOL), name
         else:
@@ -107,7 +109,9 @@ def _compare(details, model) -> int:
         # Warning labels use the same thresholds (ww writes "" for none).
         ww_warning = row["warning"] or None
         if not small_tail:
-            assert ((mm.alpha < 2 and "over-trained") or (mm.alpha > 6 and "under-trained") or None) == ww_warning
+            assert (
+                (mm.alpha < 2 and "over-trained") or (mm.alpha > 6 and "under-trained") or None
+            ) == ww_warning
         # Entropy: ww adds EPSILON=1e-10 to every p and to the rank. Reproduced from our spectrum it
         # matches to 1e-9; our clean value differs by that epsilon's effect only (~M * 1e-10 * 24 / ln r).
         lam = sv**2
