@@ -58,8 +58,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 @contextmanager
 def progress_bar(description: str, *, quiet: bool, unit: str = "tensors") -> Iterator:
-    """Yield ``update(done, total, label)``; a rich bar with ETA on stderr unless ``quiet``."""
-    if quiet:
+    """Yield ``update(done, total, label)``; a rich bar with ETA on stderr unless ``quiet`` or stderr is
+    not a terminal (a pipe or a log file gets no bar, and no stray blank line when the bar stops)."""
+    console = err_console()
+    if quiet or not console.is_terminal:
         yield lambda done, total, label="": None
         return
     from rich.progress import (
@@ -79,7 +81,7 @@ def progress_bar(description: str, *, quiet: bool, unit: str = "tensors") -> Ite
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[label]}"),
-        console=err_console(),
+        console=console,
         transient=True,
     ) as progress:
         task = progress.add_task(description, total=None, label="")

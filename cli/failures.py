@@ -43,7 +43,9 @@ class Noise:
         """One line for the end of a successful run, or None when nothing was hidden."""
         if not self.lines:
             return None
-        first = " ".join(self.lines[0].split())[:160]
+        from hessian_spectra.cli.console import safe
+
+        first = safe(" ".join(self.lines[0].split())[:160], markup=False)
         more = f" and {len(self.lines) - 1} more" if len(self.lines) > 1 else ""
         return (
             f"spectra: note: {len(self.lines)} library warning(s) hidden ({first}{more}); --debug shows them"

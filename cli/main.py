@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except BaseException as exc:  # noqa: BLE001 - every way out becomes one line
         _no_args_help(exc)
         _report(exc, command, debug)
+    if result == 130:  # typer turns a KeyboardInterrupt raised by code (not a signal) into Exit(130)
+        _report(KeyboardInterrupt(), command, debug=False)
     summary = noise.summary()
     if summary and not quiet:
         print(summary, file=sys.stderr)

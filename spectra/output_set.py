@@ -54,6 +54,10 @@ def staged_output_set(final: str | Path) -> Iterator[Path]:
         with _locked(final):
             recover_stale_stages(final)
         stage = _new_stage(final)
+    except (OutputError, OSError) as exc:
+        _remove_created(created)
+        why = exc.problem if isinstance(exc, OutputError) else f"cannot write ({exc.strerror or exc})"
+        raise OutputError(final, why) from exc
     except BaseException:
         _remove_created(created)
         raise
