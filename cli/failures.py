@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -112,32 +110,6 @@ def _quiet_transformers(capture: logging.Handler):
             tl.enable_progress_bar()
 
     return undo
-
-
-@contextmanager
-def signals_raise() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise :class:`~hessian_spectra.errors.Interrupted` for the run (a
-    BaseException that click and ``except Exception`` do not catch), so every ``finally`` runs and the
-    run ends with one line and 128 + signal number. Restored afterwards."""
-    from hessian_spectra.errors import Interrupted
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    sigs = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
-    saved = {s: signal.getsignal(s) for s in sigs}
-    for sig in sigs:
-        if saved[sig] is not signal.SIG_IGN:
-            signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, previous in saved.items():
-            signal.signal(sig, previous)
 
 
 def click_exceptions(name: str) -> tuple[type, ...]:

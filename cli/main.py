@@ -74,14 +74,15 @@ def _split_debug(args: list[str]) -> tuple[list[str], bool]:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Console-script entry point: run the app; any failure is one line (traceback with --debug)."""
-    from hessian_spectra.cli.failures import Noise, quiet_libraries, raised_in_command, signals_raise
+    from hessian_spectra.cli.failures import Noise, quiet_libraries, raised_in_command
+    from hessian_spectra.signals import raising_signals
 
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     command = next((a for a in args if not a.startswith("-")), "spectra")
     quiet = "--quiet" in args or "-q" in args
     noise = Noise()
     try:
-        with signals_raise():
+        with raising_signals(only_default=False):  # Ctrl-C, SIGTERM, SIGHUP: one line, every finally runs
             if debug:
                 result = app(args=args, prog_name="spectra", standalone_mode=False)
             else:

@@ -44,10 +44,12 @@ def user_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename.
 
     The file gets the permissions of a plain ``open()`` (0666 minus the umask), not mkstemp's 0600.
+    ``durable`` fsyncs before the rename (off for private bookkeeping files that only a crash of this
+    process, not of the machine, has to survive).
     """
     path = Path(path)
     try:
@@ -60,7 +62,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fchmod(fh.fileno(), 0o666 & ~user_umask())
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         with suppress(OSError):
@@ -70,9 +73,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str, *, durable: bool = True) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -10,10 +10,11 @@ Protocol (design notes in spectra/docs/output-sets.md):
   set replaces and every file of the previous set (``FINAL/.spectra-manifest.json`` lists the files the
   tool wrote last time) into ``old/``, move the new files in, manifest last, then mark the journal
   ``committed`` and delete the stage. An error on the way moves everything back: the previous set.
-* SIGTERM/SIGHUP raise :class:`~hessian_spectra.errors.Interrupted` while a stage exists (handlers
-  restored afterwards), so the stage is removed like on any error. ``kill -9`` cannot be caught: the next
-  run into the same folder finds the stage, sees its owner is dead, rolls back a half-done commit from
-  the journal and deletes it.
+* SIGINT/SIGTERM/SIGHUP whose handler is the default raise :class:`~hessian_spectra.errors.Interrupted`
+  while a stage exists (:func:`hessian_spectra.signals.raising_signals`; Python's KeyboardInterrupt and
+  handlers of the caller are kept), so the stage is removed like on any error. ``kill -9`` cannot be
+  caught: the next run into the same folder finds the stage, sees its owner is dead, rolls back a
+  half-done commit from the journal and deletes it.
 * Only files listed in a manifest, or replaced by a file of the same name, are ever removed; manifest
   entries that leave ``FINAL`` (``..``, absolute paths, symlinked folders) are ignored.
 """
@@ -23,23 +24,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from hessian_spectra.errors import Interrupted, OutputError
+from hessian_spectra.errors import OutputError
+from hessian_spectra.signals import blocked_signals, raising_signals
 
 __all__ = ["MANIFEST", "STAGE_PREFIX", "read_manifest", "recover_stale_stages", "staged_output_set"]
 
 MANIFEST = ".spectra-manifest.json"
 STAGE_PREFIX = ".spectra-stage."
 MANIFEST_SCHEMA = "hessian-spectra/outputs/1"
-_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 @contextmanager
@@ -63,7 +62,7 @@ def staged_output_set(final: str | Path) -> Iterator[Path]:
         raise
     committed = False
     try:
-        with _raising_signals():
+        with raising_signals():
             try:
                 yield stage / "new"
             except (OutputError, OSError) as exc:
@@ -71,7 +70,7 @@ def staged_output_set(final: str | Path) -> Iterator[Path]:
                 if relocated is None:
                     raise
                 raise relocated from exc
-            with _blocked_signals(), _locked(final):
+            with blocked_signals(), _locked(final):
                 try:
                     _commit(stage, final)
                 except OSError as exc:
@@ -174,7 +173,9 @@ def _files(root: Path) -> list[str]:
 def _commit(stage: Path, final: Path) -> None:
     new, old = stage / "new", stage / "old"
     new_files = _files(new)
-    _write_json(new / MANIFEST, {"schema": MANIFEST_SCHEMA, "files": new_files, "written": time.time()})
+    _write_json(
+        new / MANIFEST, {"schema": MANIFEST_SCHEMA, "files": new_files, "written": time.time()}, durable=True
+    )
     previous = read_manifest(final)
     journal = {
         "state": "committing",
@@ -254,10 +255,11 @@ def _prune_dirs(final: Path, names: list[str]) -> None:
                 (final / folder).rmdir()  # only succeeds when empty
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _write_json(path: Path, obj: Any, *, durable: bool = False) -> None:
+    """Bookkeeping JSON (owner, journal: private to the stage, no fsync; the manifest: durable)."""
     from hessian_spectra.io import atomic_write_text
 
-    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n", durable=durable)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -269,7 +271,7 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-# ---------------------------------------------------------------- folders, locks and signals
+# ---------------------------------------------------------------- folders and locks
 
 
 def _make_dirs(final: Path) -> list[Path]:
@@ -310,46 +312,3 @@ def _locked(final: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-@contextmanager
-def _raising_signals() -> Iterator[None]:
-    """SIGTERM/SIGHUP (and SIGINT when it has no Python handler) raise :class:`Interrupted` here."""
-    if not _main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    saved = {}
-    for sig in _SIGNALS:
-        current = signal.getsignal(sig)
-        if sig == signal.SIGINT and current is not signal.SIG_DFL:
-            continue  # Python's default already raises KeyboardInterrupt; SIG_IGN is the user's choice
-        if current is signal.SIG_IGN:
-            continue
-        saved[sig] = current
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, previous in saved.items():
-            signal.signal(sig, previous)
-
-
-@contextmanager
-def _blocked_signals() -> Iterator[None]:
-    """Defer SIGINT/SIGTERM/SIGHUP while files are being swapped; they are delivered right after."""
-    if not _main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -111,7 +111,7 @@ def test_write_error_inside_stage_names_the_final_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert str(exc.value).startswith(str(final / "weights.json") + ": cannot write (No space left on device)")
     assert not final.exists()
-    monkeypatch.setattr(io.os, "fsync", full)
+    monkeypatch.setattr(io.tempfile, "mkstemp", lambda **kw: full(None))
     with pytest.raises(OutputError, match=r"^\S+/out: cannot write \(No space"), staged_directory(final):
         pass  # failing already while staging: the message names the folder, not the private stage
     monkeypatch.undo()
