@@ -30,10 +30,11 @@ def safe(text: object, *, markup: bool = True) -> str:
 
 
 def err_console():
-    """A rich console on stderr (progress and messages never pollute stdout tables/JSON); no emoji codes."""
+    """A rich console on stderr (progress and messages never pollute stdout tables/JSON); no emoji codes,
+    and no wrapping when stderr is a file or pipe (one message, one line in a log)."""
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, emoji=False)
+    return Console(stderr=True, highlight=False, emoji=False, soft_wrap=not sys.stderr.isatty())
 
 
 def out_console():

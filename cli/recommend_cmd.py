@@ -75,10 +75,11 @@ def run_recommend(
     doc = recs.to_dict()
     doc["source"] = report.source
     doc["provenance"] = provenance(seed)
-    skipped = [m.name for m in report.matrices if m.status != "ok"]
+    skipped = [f"{m.name} ({m.status})" for m in report.matrices if m.status != "ok"]
     if skipped:
         doc.setdefault("notes", []).append(
-            f"{len(skipped)} matrices without a full spectrum were not assessed: {', '.join(skipped[:10])}"
+            f"{len(skipped)} matrices without a full nonzero finite spectrum (status partial, zero or nonfinite) "
+            f"were not assessed: {', '.join(skipped[:10])}"
         )
     markdown = f"# Recommendations for {Path(report.source).name}\n\n" + render_markdown(recs)
     with staged_directory(out) as stage:

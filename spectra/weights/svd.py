@@ -54,9 +54,19 @@ def max_abs(matrix: torch.Tensor | np.ndarray) -> float:
     return float(max(abs(float(lo)), abs(float(hi))))
 
 
-def scale_exponent(largest: float) -> int:
-    """The power of two e with ``largest / 2**e`` in [0.5, 1) (0 for a zero matrix)."""
-    return math.frexp(largest)[1] if largest > 0 else 0
+#: |log2 max entry| up to which W^T W cannot leave the compute dtype's range at the resolution that
+#: matters (eps * sigma_max^2 stays a normal number, N * max^2 stays finite for any realistic N).
+SAFE_EXPONENT = {8: 400, 4: 40}
+
+
+def scale_exponent(largest: float, itemsize: int = 8) -> int:
+    """The power of two e to divide a matrix by: ``largest / 2**e`` in [0.5, 1), or 0 (no scaling) when
+    ``largest`` is within 2**+-SAFE_EXPONENT, where dividing by a power of two could not change a single
+    bit of the result (it is exact, and nothing over- or underflows) and would only cost a copy."""
+    if largest <= 0:
+        return 0
+    e = math.frexp(largest)[1]
+    return 0 if abs(e) <= SAFE_EXPONENT.get(itemsize, 40) else e
 
 
 def mul_pow2(x: Any, k: int) -> Any:
@@ -185,7 +195,7 @@ def _singular_values_np(w: np.ndarray, dtype: Any, method: str, min_rcond: float
     largest = max_abs(w)
     if largest == 0.0:
         return ScaledSpectrum(np.zeros(k))  # a zero matrix: its spectrum is exact without a decomposition
-    e = scale_exponent(largest)
+    e = scale_exponent(largest, dt.itemsize)
     if method == "svd":
         s = np.linalg.svd(_cast_scaled(w, dt, e), compute_uv=False)
     else:
@@ -244,7 +254,8 @@ def scaled_singular_values(
     method: Method = "auto",
     min_rcond: float = DEFAULT_MIN_RCOND,
 ) -> ScaledSpectrum:
-    """:func:`singular_values` of ``matrix / 2**e`` with e such that the largest |entry| lands in [0.5, 1).
+    """:func:`singular_values` of ``matrix / 2**e``, with e such that the largest |entry| lands in
+    [0.5, 1) when it lies outside 2**+-400 (2**+-40 for float32; inside, e = 0: see :func:`scale_exponent`).
 
     Dividing by a power of two is exact, so the result is the same spectrum bit for bit wherever the
     unscaled computation did not overflow or underflow, and it stays right for entries near 1e-300 or
@@ -268,7 +279,7 @@ def scaled_singular_values(
     largest = max_abs(w)
     if largest == 0.0:
         return ScaledSpectrum(np.zeros(k))
-    e = scale_exponent(largest)
+    e = scale_exponent(largest, _itemsize(dtype))
     with torch.no_grad():
         if method == "svd":
             s = torch.linalg.svdvals(_cast_scaled(w, dtype, e))

@@ -95,7 +95,7 @@ def scaled_singular_values_batched(
         elif (largest := max_abs(w)) == 0.0:
             out[i] = ScaledSpectrum(np.zeros(k))
         else:
-            exps[i] = scale_exponent(largest)
+            exps[i] = scale_exponent(largest, dtype.itemsize)
             groups.setdefault((max(w.shape), k, w.device), []).append(i)
     with torch.no_grad():
         for idx in groups.values():

@@ -125,10 +125,10 @@ def partial_singular_values(
             (n, m), which, zeros if which != "bottom" else None, zeros if which != "top" else None,
             zeros if which != "bottom" else None, zeros if which != "top" else None, True, tol, 0.0, "zero",
         )  # fmt: skip
-    e = scale_exponent(
-        largest
-    )  # work on a / 2**e (exact) so 1e-300..1e300 entries neither under- nor overflow
-    a = np.ldexp(a, -e, out=a) if owned else mul_pow2(a, -e)  # in place on our own copy (no second one)
+    # work on a / 2**e (exact) so 1e-300..1e300 entries neither under- nor overflow; e = 0 in the safe range
+    e = scale_exponent(largest)
+    if e:
+        a = np.ldexp(a, -e, out=a) if owned else mul_pow2(a, -e)  # in place on our own copy (no second one)
     fro = float(np.linalg.norm(a))
     notes: list[str] = []
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -76,11 +76,18 @@ def test_planted_spectrum_at_extreme_scales(base, scale, backend):
     assert json.dumps(mm.to_dict(), allow_nan=False)
 
 
-def test_power_of_two_scale_is_bit_identical(base):
-    """Scaling by 2**k commutes with rounding: the spectrum is the same bits, only the exponent moves."""
+@pytest.mark.parametrize("k", [-700, -500, 500, 700])
+def test_power_of_two_scale_is_bit_identical(base, k):
+    """Scaling by 2**k commutes with rounding: the same bits, only the exponent moves. (Matrices within
+    2**+-400 are not scaled at all, since it could not change a bit; 2**+-500/700 are.)"""
     w0, _ = base
-    a, b = scaled_singular_values(w0), scaled_singular_values(np.ldexp(w0, 700))
-    assert b.exponent == a.exponent + 700 and np.array_equal(a.values, b.values)
+    a, b = scaled_singular_values(w0), scaled_singular_values(np.ldexp(w0, k))
+    assert a.exponent == 0 and b.exponent != 0
+    assert np.array_equal(np.ldexp(b.values, b.exponent - k), a.values)
+    for method in ("gram", "svd"):
+        ref = scaled_singular_values(w0, method=method).values
+        got = scaled_singular_values(np.ldexp(w0, k), method=method)
+        assert np.array_equal(np.ldexp(got.values, got.exponent - k), ref), method
 
 
 @pytest.mark.parametrize("scale", [1e-300, 1e300])
@@ -195,12 +202,13 @@ def test_probe_statuses_on_a_hostile_checkpoint(tmp_path, capsys):
         "zero.weight": torch.zeros(24, 12, dtype=torch.float64),
         "huge.weight": torch.from_numpy(rng.standard_normal((24, 12)) * 1e200),
         "pair.weight": torch.from_numpy(rng.standard_normal((2, 50))),
+        "max.weight": torch.from_numpy(rng.standard_normal((24, 12)) * 1e307),  # sigma^2 beyond float64
     }
     path = cf.write_safetensors(sd, tmp_path / "m.safetensors")
     report = analyze_weights(path, WeightsSettings())
     status = {m.name: m.status for m in report.matrices}
     assert status == {"big.weight": "ok", "tiny.weight": "ok", "zero.weight": "zero", "huge.weight": "ok",
-                      "pair.weight": "ok"}  # fmt: skip
+                      "pair.weight": "ok", "max.weight": "ok"}  # fmt: skip
     for m in report.matrices:
         assert_reasons_complete(m.metrics)
         row = m.to_dict()["metrics"]
@@ -212,3 +220,8 @@ def test_probe_statuses_on_a_hostile_checkpoint(tmp_path, capsys):
     assert "zero" in stdout and "1e+300" in stdout
     csv_text = (out / "weights.csv").read_text()
     assert "null_reasons" in csv_text.splitlines()[0] and "zero matrix" in csv_text
+    from hessian_spectra.figures.esd import plot_esd
+
+    for m in report.matrices:  # the ESD of a zero matrix and of sigma ~1e307 used to crash matplotlib
+        if m.name in ("zero.weight", "max.weight"):
+            assert plot_esd(m.singular_values, m.metrics, tmp_path / f"{m.name}.png").stat().st_size > 0
