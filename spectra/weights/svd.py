@@ -43,7 +43,8 @@ class ScaledSpectrum:
 
 
 def max_abs(matrix: torch.Tensor | np.ndarray) -> float:
-    """Largest |entry| of a finite matrix, without a temporary the size of the matrix (0.0 when empty)."""
+    """Largest |entry| of a matrix without a temporary the size of the matrix (0.0 when empty); NaN or
+    inf when the matrix holds NaN/Inf (min and max propagate both)."""
     if matrix.size == 0 if isinstance(matrix, np.ndarray) else matrix.numel() == 0:
         return 0.0
     if isinstance(matrix, np.ndarray):
@@ -190,9 +191,9 @@ def _singular_values_np(w: np.ndarray, dtype: Any, method: str, min_rcond: float
     k = min(w.shape)
     if k == 0:
         return ScaledSpectrum(np.zeros(0))
-    if _count_nonfinite_np(w):
+    largest = max_abs(w)  # min/max propagate NaN and show +-Inf: the same pass proves the matrix finite
+    if not math.isfinite(largest):
         return ScaledSpectrum(np.full(k, np.nan))
-    largest = max_abs(w)
     if largest == 0.0:
         return ScaledSpectrum(np.zeros(k))  # a zero matrix: its spectrum is exact without a decomposition
     e = scale_exponent(largest, dt.itemsize)
@@ -274,9 +275,9 @@ def scaled_singular_values(
     k = min(w.shape)
     if k == 0:
         return ScaledSpectrum(np.zeros(0))
-    if count_nonfinite(w):
-        return ScaledSpectrum(np.full(k, np.nan))
     largest = max_abs(w)
+    if not math.isfinite(largest):
+        return ScaledSpectrum(np.full(k, np.nan))
     if largest == 0.0:
         return ScaledSpectrum(np.zeros(k))
     e = scale_exponent(largest, _itemsize(dtype))
