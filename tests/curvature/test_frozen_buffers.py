@@ -17,7 +17,7 @@ from hessian_spectra.curvature.block_builders import parameter_blocks
 from hessian_spectra.curvature.guards import BufferKeeper, frozen_buffers, model_state_hash, training_flags
 from hessian_spectra.curvature.hessian import HessianOperator
 from hessian_spectra.curvature.probe import HessianSettings, run_hessian
-from support.models import get_case
+from support.models import cnn_case
 from torch import nn
 
 
@@ -32,7 +32,7 @@ def buffer_hashes(model: nn.Module) -> dict[str, str]:
 
 @pytest.fixture
 def bn():
-    case = get_case("cnn-bn")
+    case = cnn_case()  # a fresh model: the cached zoo case must not be mutated
     case.model.double()
     case.model.drop.p = 0.0  # train mode with a deterministic function: batch-statistics BN only
     batches = [(x.double(), y) for x, y in case.batches]
@@ -95,9 +95,9 @@ def test_cli_analyze_path_leaves_buffers(tmp_path, capsys):
     factory = tmp_path / "bn_factory.py"
     factory.write_text(
         "import sys\n"
-        "from support.models import get_case\n"
+        "from support.models import cnn_case\n"
         "def make():\n"
-        "    case = get_case('cnn-bn')\n"
+        "    case = cnn_case()\n"
         "    case.model.drop.p = 0.0\n"
         "    sys.modules['support'].LAST_MODEL = case.model\n"
         "    return case.model, case.loss, case.batches\n"
@@ -105,10 +105,11 @@ def test_cli_analyze_path_leaves_buffers(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["analyze", "--model-factory", f"{factory}:make", "--out", str(out), "--quiet", "--probes", "2",
             "--steps", "6", "--block-probes", "1", "--block-steps", "4", "--top-k", "1", "--no-structure"]  # fmt: skip
-    reference = get_case("cnn-bn").model  # the same seeded model, never run by the tool
+    reference = cnn_case().model  # the same seeded model, built apart and never run by the tool
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     model = sys.modules["support"].LAST_MODEL
+    assert model is not reference and buffer_hashes(reference)["bn.num_batches_tracked"]
     assert buffer_hashes(model) == buffer_hashes(reference) and model.training
 
 
