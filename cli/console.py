@@ -51,10 +51,12 @@ def error_line(message: object) -> str:
     return f"spectra: error: {one_line}"
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``spectra: error: <message>`` as one line on stderr and exit with ``code``."""
-    print(error_line(message), file=sys.stderr)
-    raise SystemExit(code)
+def fail(message: str) -> NoReturn:
+    """Stop the command with ``spectra: error: <message>`` (one line, exit code 2, printed by
+    :func:`hessian_spectra.cli.main.main`). Raises rather than exiting, so every ``finally`` runs."""
+    from hessian_spectra.errors import SpectraError
+
+    raise SpectraError(message)
 
 
 @contextmanager

@@ -139,13 +139,13 @@ def test_weights_device_path_batches_by_shape_and_equals_the_cpu_report(tmp_path
     ref = analyze_weights(path, settings)
     assert ref.provenance["backend"] == "numpy" and ref.provenance["device"] == "cpu"
     calls: list[tuple[bool | None, list[tuple[int, ...]]]] = []
-    original = svd.singular_values_batched
+    original = svd.scaled_singular_values_batched  # what the probe calls (values + power-of-two exponent)
 
     def spy(matrices, **kw):
         calls.append((kw.get("batch"), [tuple(m.shape) for m in matrices]))
         return original(matrices, **kw)
 
-    monkeypatch.setattr(svd, "singular_values_batched", spy)
+    monkeypatch.setattr(svd, "scaled_singular_values_batched", spy)
     with open_checkpoint(path) as ckpt:
         todo = [r for r in plan_inventory(ckpt, settings) if r.status == "analysed"]
         batched = analyse_on_device(ckpt, todo, settings, "cpu")
