@@ -16,7 +16,7 @@ def plot_esd(singular_values: np.ndarray, metrics, path: str | Path, title: str 
     sv = sv[np.isfinite(sv) & (sv > 0)]
     # sigma^2 leaves float64's range beyond ~1e154 (or below ~1e-154): draw sigma^2 / sigma_max^2 then
     unit = 1.0
-    if sv.size and not (1e-150 < sv.min() and sv.max() < 1e150):
+    if sv.size and not (sv.min() > 1e-150 and sv.max() < 1e150):
         unit = float(sv.max())
     with np.errstate(under="ignore"):
         lam = (sv / unit) ** 2
