@@ -63,6 +63,7 @@ _EXPORTS: dict[str, str] = {
     # Krylov algorithms
     "lanczos": "hessian_spectra.krylov.lanczos",
     "lanczos_lockstep": "hessian_spectra.krylov.lanczos",
+    "start_vector": "hessian_spectra.krylov.lanczos",
     "LanczosResult": "hessian_spectra.krylov.result",
     "slq": "hessian_spectra.krylov.slq",
     "slq_lockstep": "hessian_spectra.krylov.slq",
@@ -79,6 +80,11 @@ _EXPORTS: dict[str, str] = {
     "run_hessian": "hessian_spectra.curvature.probe",
     "HessianSettings": "hessian_spectra.curvature.probe",
     "HessianReport": "hessian_spectra.curvature.probe",
+    # sharpness inside a training loop
+    "SharpnessTracker": "hessian_spectra.curvature.tracking",
+    "SharpnessRecord": "hessian_spectra.curvature.tracking",
+    "SharpnessCallback": "hessian_spectra.curvature.trainer_callback",
+    "stability_reference": "hessian_spectra.curvature.stability",
 }
 
 __all__ = sorted(_EXPORTS)
