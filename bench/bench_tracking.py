@@ -133,7 +133,9 @@ def reference(model_states, batches, every, examples) -> dict[int, float]:
         model.load_state_dict(state)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = lanczos(HessianOperator(model, [batch], lm_loss), 1, which="largest", tol=1e-6, max_steps=200)
+            res = lanczos(
+                HessianOperator(model, [batch], lm_loss), 1, which="largest", tol=1e-6, max_steps=200
+            )
         out[step] = res.lambda_max
     return out
 
@@ -203,7 +205,9 @@ def main() -> None:
     print("reference lambda_max (16 seqs):", {k: round(v, 4) for k, v in refs[None].items()})
     print("final loss", statistics.mean(base_losses[-10:]), "first", statistics.mean(base_losses[:10]))
     if args.out:
-        args.out.write_text(json.dumps({"rows": rows, "reference": {str(k): v for k, v in refs.items()}}, indent=1))
+        args.out.write_text(
+            json.dumps({"rows": rows, "reference": {str(k): v for k, v in refs.items()}}, indent=1)
+        )
 
 
 if __name__ == "__main__":

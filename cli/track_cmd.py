@@ -50,7 +50,9 @@ def run_track(*, paths: list[str], out: Path, order: str, layers: tuple[str, ...
         def announce(cost) -> None:
             if not quiet and not announced:
                 announced.append(cost)
-                err_console().print(f"[bold]track[/]: Hessian per checkpoint, cost estimate {cost.describe()}")
+                err_console().print(
+                    f"[bold]track[/]: Hessian per checkpoint, cost estimate {cost.describe()}"
+                )
 
         probe = make_hessian_probe(hessian_spec, on_estimate=announce)
     with progress_bar("track", quiet=quiet, unit="steps") as update:
@@ -82,7 +84,9 @@ def run_track(*, paths: list[str], out: Path, order: str, layers: tuple[str, ...
 def track(
     paths: Annotated[
         list[str],
-        typer.Argument(help="Checkpoints (files or folders), or ONE folder of checkpoint-N / step_N / step-N."),
+        typer.Argument(
+            help="Checkpoints (files or folders), or ONE folder of checkpoint-N / step_N / step-N."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("spectra-out/track"),
     order: Annotated[
@@ -98,7 +102,8 @@ def track(
         float | None, typer.Option("--weight-decay", help="Decoupled weight decay, removed from updates.")
     ] = None,
     clip_quantile: Annotated[
-        float, typer.Option("--clip-quantile", help="Quantile of update norms that sets the clip threshold c.")
+        float,
+        typer.Option("--clip-quantile", help="Quantile of update norms that sets the clip threshold c."),
     ] = 0.9,
     keep_values: Annotated[
         int, typer.Option("--keep-values", help="Singular values of each update kept in track.json (0: all).")

@@ -100,7 +100,14 @@ def lines_figure(
     for ax, (ylabel, lines, log) in zip(axes[0], panels, strict=True):
         for label, pts in lines.items():
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1.2, label=short_name(label))
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker="o",
+                    ms=3,
+                    lw=1.2,
+                    label=short_name(label),
+                )
         values = [v for pts in lines.values() for _, v in pts]
         if log and any(v <= 0 for v in values):
             ax.set_yscale("symlog")

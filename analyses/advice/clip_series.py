@@ -169,5 +169,7 @@ def clip_from_updates(
         groups.append(ClipGroup(g, c, reason, len(items), max_sigma, steady))
         details[g] = info
     if not any(d.get("decay_corrected") for d in details.values()):
-        notes.append("no weight decay given: u includes the decay's shrinkage of the weights (pass --weight-decay)")
+        notes.append(
+            "no weight decay given: u includes the decay's shrinkage of the weights (pass --weight-decay)"
+        )
     return SeriesClip(tuple(groups), rule, float(quantile), details, tuple(notes))

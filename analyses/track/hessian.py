@@ -38,10 +38,13 @@ class HessianSpec:
         self.settings.validate()
         if self.factory is None and self.data is None:
             raise InputError(
-                "--hessian", "needs --model-factory module:function, or --data FILE with Hugging Face checkpoint folders"
+                "--hessian",
+                "needs --model-factory module:function, or --data FILE with Hugging Face checkpoint folders",
             )
         if self.factory is not None and self.data is not None:
-            raise InputError("--data", "give either --model-factory or --data (HF checkpoint folders), not both")
+            raise InputError(
+                "--data", "give either --model-factory or --data (HF checkpoint folders), not both"
+            )
 
 
 def load_checkpoint_into(model: Any, path: str | Path) -> None:
@@ -56,13 +59,16 @@ def load_checkpoint_into(model: Any, path: str | Path) -> None:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        raise InputError(source, f"weights do not fit the model ({' '.join(str(err).split())[:200]})") from None
+        raise InputError(
+            source, f"weights do not fit the model ({' '.join(str(err).split())[:200]})"
+        ) from None
     sd = model.state_dict()
     loaded = {sd[k].data_ptr() for k in state if k in sd and isinstance(sd[k], torch.Tensor)}
     missing = [k for k in missing if sd[k].data_ptr() not in loaded]  # tied copies are fine
     if missing or unexpected:
         raise InputError(
-            source, f"weights do not match the model: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+            source,
+            f"weights do not match the model: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}",
         )
 
 
@@ -118,17 +124,15 @@ def make_hessian_probe(
             load_checkpoint_into(factory.model, entry.path)
             work = factory
         else:
-            from hessian_spectra.analyses.workloads import load_hf_workload
-
-            from hessian_spectra.analyses.workloads import TOKENIZER_FILES
+            from hessian_spectra.analyses.workloads import TOKENIZER_FILES, load_hf_workload
 
             folder = Path(entry.path)
             if not folder.is_dir():
                 raise InputError(folder, "--data needs Hugging Face checkpoint folders (config + weights)")
             tok = spec.tokenizer_dir
-            if tok is None and not any((folder / f).is_file() for f in TOKENIZER_FILES):
-                if any((folder.parent / f).is_file() for f in TOKENIZER_FILES):
-                    tok = str(folder.parent)  # a Trainer run saves the tokenizer once, in its output folder
+            here = any((folder / f).is_file() for f in TOKENIZER_FILES)
+            if tok is None and not here and any((folder.parent / f).is_file() for f in TOKENIZER_FILES):
+                tok = str(folder.parent)  # a Trainer run saves the tokenizer once, in its output folder
             work = load_hf_workload(
                 entry.path, spec.data, task=spec.task, batch_size=spec.batch_size, seq_len=spec.seq_len,
                 max_batches=spec.batches, device=spec.device, dtype=spec.settings.dtype,

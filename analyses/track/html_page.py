@@ -84,7 +84,10 @@ def render_track_html(doc: Mapping[str, Any], figures: Mapping[str, bytes]) -> s
                  _table(["source", "metric", "group", "median, first", "median, last", "largest"], worst_rows)]  # fmt: skip
     notes = list(doc.get("notes", [])) + [n for c in doc["checkpoints"] for n in c.get("notes", [])]
     if notes:
-        body += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{_html_text(n)}</li>" for n in dict.fromkeys(notes)) + "</ul>"]
+        body += [
+            "<h2>Notes</h2>",
+            "<ul>" + "".join(f"<li>{_html_text(n)}</li>" for n in dict.fromkeys(notes)) + "</ul>",
+        ]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"

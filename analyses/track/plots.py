@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hessian_spectra.analyses.track.summary import UPDATE_METRICS, WEIGHT_METRICS, metric_series, worst_tensors
+from hessian_spectra.analyses.track.summary import (
+    UPDATE_METRICS,
+    WEIGHT_METRICS,
+    metric_series,
+    worst_tensors,
+)
 
 __all__ = ["track_figures", "CAPTIONS"]
 
@@ -30,7 +35,9 @@ def track_figures(result: Any, worst: int = 3) -> dict[str, bytes]:
     from hessian_spectra.figures.track import lines_figure, metric_by_group_figure
 
     figs: dict[str, bytes] = {}
-    clip_c = {g.group: g.c for g in result.clip.groups if result.clip.details.get(g.group, {}).get("n_with_lr")}
+    clip_c = {
+        g.group: g.c for g in result.clip.groups if result.clip.details.get(g.group, {}).get("n_with_lr")
+    }
     for source, metrics in (("weights", WEIGHT_METRICS), ("updates", UPDATE_METRICS)):
         for key, log in metrics.items():
             data = metric_series(result, key, source)
@@ -47,7 +54,9 @@ def track_figures(result: Any, worst: int = 3) -> dict[str, bytes]:
     return figs
 
 
-def _hessian_figures(hess: list[dict[str, Any]], worst: int, lines_figure, metric_by_group_figure) -> dict[str, bytes]:
+def _hessian_figures(
+    hess: list[dict[str, Any]], worst: int, lines_figure, metric_by_group_figure
+) -> dict[str, bytes]:
     figs: dict[str, bytes] = {}
     xs = [(i if h["step"] is None else h["step"]) for i, h in enumerate(hess)]
 
@@ -75,5 +84,7 @@ def _hessian_figures(hess: list[dict[str, Any]], worst: int, lines_figure, metri
             if v is not None:
                 js.setdefault(conv, []).append((x, float(v)))
     if js:
-        figs["hessian_heterogeneity"] = lines_figure([("mean JS distance", js, False)], title="Block heterogeneity")
+        figs["hessian_heterogeneity"] = lines_figure(
+            [("mean JS distance", js, False)], title="Block heterogeneity"
+        )
     return figs

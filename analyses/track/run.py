@@ -149,7 +149,9 @@ def track_series(
             prev = series.entries[i - 1]
             tick(f"updates {prev.path.name} -> {entry.path.name}")
             info = _interval(series, i - 1, settings)
-            rep = update_spectra(prev.path, entry.path, settings.weights, weight_norms=norms, decay=info["decay"])
+            rep = update_spectra(
+                prev.path, entry.path, settings.weights, weight_norms=norms, decay=info["decay"]
+            )
             updates.append({
                 "from_step": prev.step, "to_step": entry.step, **info, "seconds": rep.seconds,
                 "skipped": [list(s) for s in rep.skipped],

@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WEIGHT_METRICS", "UPDATE_METRICS", "metric_series", "worst_tensors", "summarize_track", "findings"]
+__all__ = [
+    "WEIGHT_METRICS",
+    "UPDATE_METRICS",
+    "metric_series",
+    "worst_tensors",
+    "summarize_track",
+    "findings",
+]
 
 #: Weight metrics followed over checkpoints (keys of MatrixMetrics), with whether to plot on a log axis.
 WEIGHT_METRICS: dict[str, bool] = {

@@ -13,8 +13,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from support.cli import FACTORY, assert_clean_failure, run_cli
 from support.ckpt_factory import tiny_state_dict, write_safetensors, write_truncated
+from support.cli import FACTORY, assert_clean_failure, run_cli
 
 
 def _factory_series(tmp_path, n=3):
