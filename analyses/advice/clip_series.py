@@ -35,7 +35,14 @@ from hessian_spectra.analyses.advice.clip_advice import (
 from hessian_spectra.errors import InputError
 from hessian_spectra.io import json_safe
 
-__all__ = ["UpdateSample", "SeriesClip", "clip_from_updates", "DEFAULT_QUANTILE", "RULE"]
+__all__ = [
+    "UpdateSample",
+    "SeriesClip",
+    "clip_from_updates",
+    "read_track_thresholds",
+    "DEFAULT_QUANTILE",
+    "RULE",
+]
 
 DEFAULT_QUANTILE = 0.9
 RULE = (
@@ -173,3 +180,33 @@ def clip_from_updates(
             "no weight decay given: u includes the decay's shrinkage of the weights (pass --weight-decay)"
         )
     return SeriesClip(tuple(groups), rule, float(quantile), details, tuple(notes))
+
+
+def read_track_thresholds(path: Any) -> tuple[ClipGroup, ...]:
+    """The measured clip thresholds of a ``spectra track`` output (track.json) as :class:`ClipGroup`s;
+    InputError naming the file when it is not one."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(path, f"not a readable JSON file ({exc})") from None
+    groups = doc.get("clip", {}).get("groups") if isinstance(doc, dict) else None
+    if not (
+        isinstance(doc, dict) and str(doc.get("schema_version", "")).startswith("hessian-spectra/track/")
+    ):
+        raise InputError(path, "not a track.json written by `spectra track` (schema hessian-spectra/track/N)")
+    if not isinstance(groups, list) or not groups:
+        raise InputError(path, "no clip thresholds in it (the series had no updates to measure)")
+    try:
+        return tuple(
+            ClipGroup(str(g["group"]), float(g["c"]), str(g["reason"]), int(g["n_matrices"]),
+                      float(g["max_sigma"]), g.get("steps_to_steady_state"))
+            for g in groups
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"malformed clip thresholds ({exc!r})") from None

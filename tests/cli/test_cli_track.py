@@ -63,6 +63,18 @@ def test_track_a_folder_end_to_end(tmp_path, capsys):
     assert html.count("data:image/png;base64,") == len(list((out / "figures").glob("*.png"))) >= 8
     assert "src='http" not in html and "Rule." in html
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
+    # the measured thresholds replace the paper lookup in `spectra recommend --track`
+    rec = tmp_path / "rec"
+    code, _, err = run_cli(["recommend", str(folder / "step_20.safetensors"), "--track", str(out / "track.json"),
+                            "--out", str(rec), "--quiet"], capsys)  # fmt: skip
+    assert code == 0, err
+    groups = json.loads((rec / "recommendations.json").read_text())["clip_groups"]
+    measured = {g["group"]: g["c"] for g in doc["clip"]["groups"]}
+    assert groups and all(g["c"] == pytest.approx(measured[g["group"]]) for g in groups)
+    assert all(g["reason"].startswith("measured") for g in groups)
+    code, _, err = run_cli(["recommend", str(folder / "step_20.safetensors"), "--track", str(out / "track.csv"),
+                            "--out", str(tmp_path / "rec2"), "--quiet"], capsys)  # fmt: skip
+    assert_clean_failure(code, err, "track.csv", tmp_path / "rec2")
 
 
 def test_track_hessian_per_checkpoint_matches_the_dense_hessian(tmp_path, capsys):
