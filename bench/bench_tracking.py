@@ -170,6 +170,17 @@ SETTINGS = [
     {"name": "ours warm, 4 seqs", "tool": "ours", "warm": True, "examples": 4},
     {"name": "ours warm, 2 seqs", "tool": "ours", "warm": True, "examples": 2},
     {"name": "ours warm, 2 seqs, tol 1e-2", "tool": "ours", "warm": True, "examples": 2, "tol": 1e-2},
+    {"name": "ours warm, 16 seqs, tol 1e-2", "tool": "ours", "warm": True, "tol": 1e-2},
+    {"name": "ours warm, 4 seqs, tol 1e-2", "tool": "ours", "warm": True, "examples": 4, "tol": 1e-2},
+    {
+        "name": "ours warm, 2 seqs, tol 1e-2, max 10",
+        "tool": "ours",
+        "warm": True,
+        "examples": 2,
+        "tol": 1e-2,
+        "max_steps": 10,
+    },
+    {"name": "ours warm, 1 seq, tol 1e-2", "tool": "ours", "warm": True, "examples": 1, "tol": 1e-2},
     {"name": "PyHessian cold, 16 seqs", "tool": "pyhessian"},
 ]
 
@@ -179,14 +190,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", action="append", default=None, help="run settings whose name has this")
     args = parser.parse_args()
+    settings = [
+        s for s in SETTINGS if s["tool"] == "none" or not args.only or any(o in s["name"] for o in args.only)
+    ]
     torch.set_num_threads(1)
     batches = make_batches(args.steps + 1)
     states = snapshots(batches, args.every)
-    refs = {ex: reference(states, batches, ex) for ex in (None, 4, 2)}
+    sizes = {s.get("examples") for s in settings if s["tool"] != "none"} | {None}
+    refs = {ex: reference(states, batches, ex) for ex in sizes}
     rows = []
     base_losses = None
-    for setting in SETTINGS:
+    for setting in settings:
         run = train(setting, batches, args.every)
         if base_losses is None:
             base_losses = run["losses"]

@@ -42,7 +42,8 @@ TRACES = ("hutchinson", "hutch++")
 class SharpnessRecord:
     """One tracker measurement. Eigenvalues come with their Ritz residual bounds and ``converged``;
     ``hvps`` counts full Hessian-vector products (a lockstep block step counts one), ``warm`` whether
-    Lanczos started from the previous Ritz vectors; ``reference`` is the edge-of-stability threshold."""
+    Lanczos started from the previous Ritz vectors; ``reference`` is the edge-of-stability threshold;
+    ``settings`` the tracker settings that produced it (seed, tolerance, batch size, ...)."""
 
     step: int
     loss: float | None
@@ -63,6 +64,7 @@ class SharpnessRecord:
     trace: float | None = None
     trace_stderr: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -175,6 +177,16 @@ class SharpnessTracker:
         self._calls = 0
         self._vectors: dict[str, torch.Tensor] = {}  # previous Ritz vectors: "hessian", "precond", blocks
 
+    def settings(self) -> dict[str, Any]:
+        """What changes the numbers (recorded in every record): seed, tolerance, budget, warm start, batch."""
+        return {
+            "every": self.every, "seed": self.seed, "tol": self.tol, "max_steps": self.max_steps,
+            "warm_start": self.warm_start, "noise": self.noise, "max_examples": self.max_examples,
+            "fixed_batches": self.batches is not None, "trace": self.trace,
+            "trace_matvecs": self.trace_matvecs if self.trace else None,
+            "dtype": None if self.dtype is None else str(self.dtype).removeprefix("torch."),
+        }  # fmt: skip
+
     def due(self, step: int) -> bool:
         """Whether :meth:`step` measures at this step (every ``every`` steps, step 0 included)."""
         return int(step) % self.every == 0
@@ -277,7 +289,7 @@ class SharpnessTracker:
             lanczos_steps=res.steps, warm=warm, hvps=int(hvps), seconds=time.perf_counter() - started,
             reference=ref, lambda_min=res.lambda_min,
             lambda_min_residual=res.bottom_residuals[0] if res.bottom_residuals else None,
-            notes=tuple(dict.fromkeys(notes)), **extra,
+            notes=tuple(dict.fromkeys(notes)), settings=self.settings(), **extra,
         )  # fmt: skip
         self.history.append(record)
         if self.jsonl is not None:

@@ -231,6 +231,9 @@ def test_a_tracker_step_changes_nothing(tmp_path):
     line = json.loads(log.read_text().splitlines()[0])
     assert line["step"] == 2 and line["lambda_max"] == pytest.approx(rec.lambda_max)
     assert line["reference"]["optimizer"] == "AdamW"
+    assert (
+        line["settings"]["seed"] == 0 and line["settings"]["tol"] == 1e-3 and line["settings"]["every"] == 2
+    )
     assert set(rec.log_values()) >= {"sharpness/lambda_max", "sharpness/two_over_lr", "sharpness/threshold"}
 
 

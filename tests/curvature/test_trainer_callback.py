@@ -65,11 +65,11 @@ def test_callback_in_a_real_trainer(tmp_path):
     assert logged[2]["sharpness/threshold"] == pytest.approx(38.0)
 
 
-def test_module_imports_transformers_only_when_the_class_is_used():
+def test_module_imports_neither_torch_nor_transformers():
+    """The class is built on first use (tested above, in process); importing the module costs nothing."""
     code = (
         "import sys, hessian_spectra.curvature.trainer_callback as tc\n"
         "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
-        "tc.SharpnessCallback\n"
-        "assert 'transformers' in sys.modules\n"
+        "assert callable(tc.__getattr__)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
