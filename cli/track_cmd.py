@@ -109,8 +109,13 @@ def track(
         int, typer.Option("--keep-values", help="Singular values of each update kept in track.json (0: all).")
     ] = 0,
     threads: Annotated[int | None, typer.Option("--threads", help="Threads for the decompositions.")] = None,
-    model_factory: o.ModelFactory = None,
-    data: o.Data = None,
+    model_factory: Annotated[
+        str | None,
+        typer.Option("--model-factory", help="module:function: Hessian of every checkpoint loaded into it."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Text/JSONL file: Hessian of every checkpoint (HF folders).")
+    ] = None,
     task: o.Task = None,
     batches: o.Batches = 4,
     batch_size: o.BatchSize = 8,

@@ -230,16 +230,37 @@ class SharpnessTracker:
         return res, v0 is not None
 
     def measure(self, model: nn.Module, batch: Any = None, *, step: int = 0, optimizer: Any = None):
-        """Measure now (whatever the step); see the class docstring. Appends to :attr:`history`."""
+        """Measure now (whatever the step); see the class docstring. Appends to :attr:`history`.
+
+        A non-finite loss or HVP (a diverged run) gives a record with NaN values and a note instead of an
+        exception, so a training loop is not stopped by its own monitor; bad settings still raise."""
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        started = time.perf_counter()
+        try:
+            record = self._measure(model, batch, int(step), optimizer, started)
+        except FloatingPointError as err:
+            nan = math.nan
+            record = SharpnessRecord(
+                step=int(step), loss=None, lambda_max=nan, lambda_max_residual=nan, converged=False,
+                lanczos_steps=0, warm=False, hvps=0, seconds=time.perf_counter() - started,
+                reference=stability_reference(optimizer, self.lr), settings=self.settings(),
+                notes=(f"not measured: {err} (a NaN/Inf loss, gradient or weight)",),
+            )  # fmt: skip
+        self.history.append(record)
+        if self.jsonl is not None:
+            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+            with self.jsonl.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record.to_dict(), allow_nan=False) + "\n")
+        return record
+
+    def _measure(self, model: nn.Module, batch: Any, step: int, optimizer: Any, started: float):
         import warnings
 
         from hessian_spectra.curvature.hessian import HessianOperator
         from hessian_spectra.errors import ConvergenceWarning
 
-        optimizer = optimizer if optimizer is not None else self.optimizer
         index = len(self.history)
         notes: list[str] = []
-        started = time.perf_counter()
         with _rng_preserved(model), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # reported as converged=False instead
             op = HessianOperator(model, self._data(batch), self.loss, params=self.params, dtype=self.dtype)
@@ -283,7 +304,9 @@ class SharpnessTracker:
                 hvps += est.num_matvecs
             loss_value = op.loss_value
             notes.extend(n for n in op.notes if not n.startswith("model has modules in train mode"))
-        record = SharpnessRecord(
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"the loss is {loss_value}")
+        return SharpnessRecord(
             step=int(step), loss=loss_value, lambda_max=float(res.lambda_max),
             lambda_max_residual=float(res.top_residuals[0]), converged=bool(res.converged),
             lanczos_steps=res.steps, warm=warm, hvps=int(hvps), seconds=time.perf_counter() - started,
@@ -291,12 +314,6 @@ class SharpnessTracker:
             lambda_min_residual=res.bottom_residuals[0] if res.bottom_residuals else None,
             notes=tuple(dict.fromkeys(notes)), settings=self.settings(), **extra,
         )  # fmt: skip
-        self.history.append(record)
-        if self.jsonl is not None:
-            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-            with self.jsonl.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record.to_dict(), allow_nan=False) + "\n")
-        return record
 
     def _block_lambdas(self, op: Any, index: int) -> tuple[dict[str, float], int]:
         from hessian_spectra.curvature.block_builders import parameter_blocks

@@ -237,7 +237,7 @@ def test_a_tracker_step_changes_nothing(tmp_path):
     assert set(rec.log_values()) >= {"sharpness/lambda_max", "sharpness/two_over_lr", "sharpness/threshold"}
 
 
-def test_tracker_options_and_bad_input():
+def test_tracker_options_and_bad_input(tmp_path):
     model, batch = _mlp_setup()
     small = head_of_batch(batch, 5)
     assert small[0].shape[0] == 5 and small[1].shape[0] == 5
@@ -247,6 +247,11 @@ def test_tracker_options_and_bad_input():
     assert rec.lambda_max == pytest.approx(direct.lambda_max, rel=1e-3)
     with pytest.raises(InputError, match="no batch"):
         SharpnessTracker(cross_entropy).measure(model)
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")  # a diverged run: recorded, not raised
+    bad = SharpnessTracker(cross_entropy, jsonl=tmp_path / "nan.jsonl").measure(model, batch, step=7)
+    assert math.isnan(bad.lambda_max) and not bad.converged and "not measured" in bad.notes[0]
+    assert json.loads((tmp_path / "nan.jsonl").read_text())["lambda_max"] is None
     for kw in (dict(every=0), dict(trace="bogus"), dict(blocks="layer"), dict(tol=2.0)):
         with pytest.raises(InputError):
             SharpnessTracker(cross_entropy, **kw)
