@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "analyze_weights": "hessian_spectra.weights.probe",
     "WeightsSettings": "hessian_spectra.weights.plan",
     "WeightsReport": "hessian_spectra.weights.results",
+    "discover_series": "hessian_spectra.checkpoints.series",
+    "update_spectra": "hessian_spectra.weights.updates",
     # curvature operators, blocks, guards, data helpers
     "LinearOperator": "hessian_spectra.krylov.linop",
     "MultiOperator": "hessian_spectra.krylov.linop",
