@@ -111,11 +111,22 @@ def _difference(after: Any, before: Any) -> Any:
 
 
 def _sigma_max(matrix: Any, settings: WeightsSettings) -> float:
-    """||matrix||_2 in float64 (top-1 by ARPACK for huge matrices)."""
+    """||matrix||_2 in float64: the top eigenvalue of the fp64 Gram matrix (accurate to ~eps relative for
+    the LARGEST singular value, so no SVD fallback is needed), ARPACK top-1 for huge matrices."""
     shape = (int(matrix.shape[0]), int(matrix.shape[1]))
     if _spectrum_plan(shape, settings)[0] is not None:
         return float(partial_singular_values(matrix, 1, which="top", seed=settings.seed).top[0])
-    return float(singular_values(matrix, dtype="float64")[0])
+    return float(singular_values(matrix, dtype="float64", method="gram")[0])
+
+
+def _decayed(dw: Any, w_old: Any, decay: float) -> Any:
+    """dW + decay * W_before in float64, with one matrix-sized temporary."""
+    if isinstance(w_old, np.ndarray):
+        out = np.multiply(w_old, decay, dtype=np.float64)
+    else:
+        out = w_old.detach().to("cpu", dtype=dw.dtype) * decay
+    out += dw
+    return out
 
 
 def _frobenius(matrix: Any) -> float:
@@ -189,10 +200,10 @@ def _one(view: Any, w_old: Any, settings: WeightsSettings, norms: Mapping[str, f
     w_norm = None if norms is None else norms.get(view.name)
     if w_norm is None and not count_nonfinite(w_old):
         w_norm = _sigma_max(w_old, settings)
+    frob = _frobenius(dw)
     decayed = None
     if decay > 0.0:
-        corrected = dw + decay * (
-            w_old.astype(np.float64) if isinstance(w_old, np.ndarray) else w_old.double()
-        )
+        corrected = _decayed(dw, w_old, decay)
+        del dw
         decayed = _sigma_max(corrected, settings)
-    return MatrixUpdate(*head, status, sv, _frobenius(dw), w_norm, decayed, note)
+    return MatrixUpdate(*head, status, sv, frob, w_norm, decayed, note)
