@@ -148,9 +148,12 @@ def clip_from_updates(
             "decay_corrected": all(s.decay_corrected for s in items),
         }  # fmt: skip
         if us.size == 0:
-            groups.append(ClipGroup(g, paper, f"paper default c = {paper:g}: no learning rate for these "
-                                    "intervals, so updates cannot be put in optimizer units (pass --lr, or keep "
-                                    "trainer_state.json in the checkpoints)", len(items), max_sigma, steady))  # fmt: skip
+            why = (
+                f"paper default c = {paper:g}: no summed learning rate for these intervals, so updates cannot be "
+                "put in optimizer units (needs --lr or the learning rates in trainer_state.json, and the steps "
+                "between checkpoints)"
+            )
+            groups.append(ClipGroup(g, paper, why, len(items), max_sigma, steady))
             details[g] = info
             continue
         c = float(np.quantile(us, quantile))

@@ -4,7 +4,6 @@ interval), the tensors that stand out, and the findings printed and put first in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -113,13 +112,19 @@ def summarize_track(result: Any) -> dict[str, Any]:
     return out
 
 
-def _top_update(result: Any, key: str) -> tuple[str, int | None, int | None, float] | None:
+def _interval_label(iv: dict[str, Any], i: int) -> str:
+    if iv["from_step"] is None or iv["to_step"] is None:
+        return f"checkpoints {i + 1} -> {i + 2}"
+    return f"steps {iv['from_step']} -> {iv['to_step']}"
+
+
+def _top_update(result: Any, key: str) -> tuple[str, str, float] | None:
     best = None
-    for iv in result.updates:
+    for i, iv in enumerate(result.updates):
         for m in iv["matrices"]:
             v = update_value(iv, m, key)
-            if _finite(v) and (best is None or v > best[3]):
-                best = (m["name"], iv["from_step"], iv["to_step"], float(v))
+            if _finite(v) and (best is None or v > best[2]):
+                best = (m["name"], _interval_label(iv, i), float(v))
     return best
 
 
@@ -131,8 +136,7 @@ def findings(result: Any, summary: dict[str, Any]) -> list[str]:
     top = _top_update(result, "update_ratio")
     if top is not None:
         lines.append(
-            f"Largest update-to-weight spectral ratio ||dW||_2/||W||_2: {top[3]:.3g} at `{top[0]}` "
-            f"(steps {top[1]} -> {top[2]})."
+            f"Largest update-to-weight spectral ratio ||dW||_2/||W||_2: {top[2]:.3g} at `{top[0]}` ({top[1]})."
         )
     for g in result.clip.groups:
         lines.append(f"Spectral clipping, {g.group}: c = {g.c:.3g} ({g.reason}).")
@@ -154,7 +158,3 @@ def findings(result: Any, summary: dict[str, Any]) -> list[str]:
         if het:
             lines.append(f"Block heterogeneity at the last checkpoint: {het['verdict']}.")
     return lines
-
-
-def interval_labels(updates: Sequence[dict[str, Any]]) -> list[str]:
-    return [f"{u['from_step']}->{u['to_step']}" for u in updates]
