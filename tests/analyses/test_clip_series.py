@@ -71,7 +71,7 @@ def test_intervals_of_several_steps_give_a_lower_bound(tmp_path):
 def test_without_learning_rate_the_paper_default_stays_and_says_why():
     s = UpdateSample("a.mlp.fc1.weight", "mlp_up", (8, 4), 0, 10, 10, 0.5, None)
     clip = clip_from_updates([s], n_params=10**9)
-    assert clip.groups[0].c == 10.0 and "no learning rate" in clip.groups[0].reason
+    assert clip.groups[0].c == 10.0 and "no summed learning rate" in clip.groups[0].reason
     assert clip.details["mlp"]["per_step_sigma_max_median"] == pytest.approx(0.05)
     with pytest.raises(InputError, match="clip-quantile"):
         clip_from_updates([s], quantile=0.0)
