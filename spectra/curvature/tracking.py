@@ -160,8 +160,8 @@ class SharpnessTracker:
             raise InputError("blocks", f"must be 'tensor' or a list of blocks, got {blocks!r}")
         if preconditioned not in (True, False, "auto"):
             raise InputError("preconditioned", f"must be True, False or 'auto', got {preconditioned!r}")
-        if not (0 < tol < 1) or int(max_steps) < 1 or int(trace_matvecs) < 3:
-            raise InputError(None, "need 0 < tol < 1, max_steps >= 1 and trace_matvecs >= 3")
+        if not (0 < tol < 1) or int(max_steps) < 1 or int(trace_matvecs) < 3 or not (0 <= noise < 1):
+            raise InputError(None, "need 0 < tol < 1, max_steps >= 1, trace_matvecs >= 3 and 0 <= noise < 1")
         if max_examples is not None and int(max_examples) < 1:
             raise InputError("max_examples", f"must be >= 1, got {max_examples}")
         self.loss, self.every = loss, int(every)

@@ -252,6 +252,6 @@ def test_tracker_options_and_bad_input(tmp_path):
     bad = SharpnessTracker(cross_entropy, jsonl=tmp_path / "nan.jsonl").measure(model, batch, step=7)
     assert math.isnan(bad.lambda_max) and not bad.converged and "not measured" in bad.notes[0]
     assert json.loads((tmp_path / "nan.jsonl").read_text())["lambda_max"] is None
-    for kw in (dict(every=0), dict(trace="bogus"), dict(blocks="layer"), dict(tol=2.0)):
+    for kw in (dict(every=0), dict(trace="bogus"), dict(blocks="layer"), dict(tol=2.0), dict(noise=-1.0)):
         with pytest.raises(InputError):
             SharpnessTracker(cross_entropy, **kw)
