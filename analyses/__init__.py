@@ -39,6 +39,10 @@ _EXPORTS: dict[str, str] = {
     "recommend": "hessian_spectra.analyses.advice.recommendations",
     "Recommendations": "hessian_spectra.analyses.advice.recommendations",
     "render_markdown": "hessian_spectra.analyses.advice.markdown",
+    "clip_from_updates": "hessian_spectra.analyses.advice.clip_series",
+    # spectra over training
+    "track_series": "hessian_spectra.analyses.track.run",
+    "TrackSettings": "hessian_spectra.analyses.track.run",
     # models and data from the command line
     "load_factory": "hessian_spectra.analyses.workloads",
 }

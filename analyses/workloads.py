@@ -227,6 +227,7 @@ def load_hf_workload(
     device_map: str | None = None,
     dtype: str | None = None,
     max_memory: Mapping[Any, Any] | None = None,
+    tokenizer_dir: str | Path | None = None,
 ) -> Workload:
     """A Hugging Face model directory plus a text/JSONL file tokenised by the checkpoint's own tokenizer.
 
@@ -244,6 +245,8 @@ def load_hf_workload(
     to CPU RAM or disk is refused (offloaded weights are swapped in by hooks, out of reach of the
     HVP's differentiated copies). ``max_memory`` (with the map; e.g. ``{0: "60GiB", 1: "70GiB"}``) caps
     what the planner puts on each device, to leave room for activations and the Lanczos vectors.
+    ``tokenizer_dir``: where the tokenizer is, when not in ``model_dir`` (a Trainer checkpoint saved
+    without it).
     """
     import torch
 
@@ -271,15 +274,16 @@ def load_hf_workload(
         raise InputError("--task", f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     auto = {"causal-lm": transformers.AutoModelForCausalLM, "masked-lm": transformers.AutoModelForMaskedLM,
             "sequence-classification": transformers.AutoModelForSequenceClassification}[task]  # fmt: skip
-    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+    tok_dir = model_dir if tokenizer_dir is None else Path(tokenizer_dir)
+    if not any((tok_dir / f).is_file() for f in TOKENIZER_FILES):
         raise InputError(
-            model_dir, f"no tokenizer in the model directory (looked for {', '.join(TOKENIZER_FILES)})"
+            tok_dir, f"no tokenizer in the model directory (looked for {', '.join(TOKENIZER_FILES)})"
         )
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+        tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
     except Exception as err:
         raise InputError(
-            model_dir, f"no usable tokenizer in the model directory ({type(err).__name__})"
+            tok_dir, f"no usable tokenizer in the model directory ({type(err).__name__})"
         ) from None
     archs = getattr(config, "architectures", None) or []
     suffix = {"causal-lm": ("ForCausalLM", "LMHeadModel"), "masked-lm": ("ForMaskedLM",),

@@ -54,10 +54,11 @@ def _register_commands() -> None:
         hessian_cmd,
         partition_cmd,
         recommend_cmd,
+        track_cmd,
         weights_cmd,
     )
 
-    for module in (weights_cmd, hessian_cmd, analyze_cmd, demo_cmd, recommend_cmd, partition_cmd):
+    for module in (weights_cmd, hessian_cmd, analyze_cmd, demo_cmd, recommend_cmd, partition_cmd, track_cmd):
         module.register(app)
 
 

@@ -44,6 +44,7 @@ def run_recommend(
     hessian: Path | None,
     seed: int,
     quiet: bool,
+    track: Path | None = None,
 ) -> dict[str, Any]:
     """Weights probe -> recommendations; write recommendations.json + recommendations.md atomically."""
     from hessian_spectra.analyses.advice.inputs import inputs_from_weights_report
@@ -60,6 +61,11 @@ def run_recommend(
         if val is not None and (not math.isfinite(val) or val < 0):
             raise InputError(label, f"must be a non-negative number, got {val}")
     blocks = load_hessian_blocks(hessian) if hessian is not None else None
+    measured = None
+    if track is not None:
+        from hessian_spectra.analyses.advice.clip_series import read_track_thresholds
+
+        measured = read_track_thresholds(track)
     check_output_dir(out)
     settings = WeightsSettings(seed=seed)
     with progress_bar("weights", quiet=quiet) as update:
@@ -70,7 +76,7 @@ def run_recommend(
     n_params = sum(math.prod(r.shape) for r in report.inventory)
     recs = recommend(
         items, optimizer=optimizer.lower(), lr=lr, weight_decay=weight_decay, hessian=blocks,
-        include_qkv=include_qkv, n_params=n_params, seed=seed,
+        include_qkv=include_qkv, n_params=n_params, seed=seed, clip_thresholds=measured,
     )  # fmt: skip
     doc = recs.to_dict()
     doc["source"] = report.source
@@ -113,11 +119,15 @@ def recommend_command(
         Path | None,
         typer.Option("--hessian", help="report.json of `spectra hessian`/`analyze`: rank by curvature."),
     ] = None,
+    track: Annotated[
+        Path | None,
+        typer.Option("--track", help="track.json of `spectra track`: clip thresholds measured from updates."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """PC-layer (polynomial preconditioning) and spectral-clipping recommendations per weight matrix."""
     run_recommend(
         path=path, out=out, optimizer=optimizer, lr=lr, weight_decay=weight_decay, include_qkv=include_qkv,
-        hessian=hessian, seed=seed, quiet=quiet,
+        hessian=hessian, seed=seed, quiet=quiet, track=track,
     )  # fmt: skip

@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "analyze_weights": "hessian_spectra.weights.probe",
     "WeightsSettings": "hessian_spectra.weights.plan",
     "WeightsReport": "hessian_spectra.weights.results",
+    "discover_series": "hessian_spectra.checkpoints.series",
+    "update_spectra": "hessian_spectra.weights.updates",
     # curvature operators, blocks, guards, data helpers
     "LinearOperator": "hessian_spectra.krylov.linop",
     "MultiOperator": "hessian_spectra.krylov.linop",
@@ -64,6 +66,7 @@ _EXPORTS: dict[str, str] = {
     # Krylov algorithms
     "lanczos": "hessian_spectra.krylov.lanczos",
     "lanczos_lockstep": "hessian_spectra.krylov.lanczos",
+    "start_vector": "hessian_spectra.krylov.lanczos",
     "LanczosResult": "hessian_spectra.krylov.result",
     "slq": "hessian_spectra.krylov.slq",
     "slq_lockstep": "hessian_spectra.krylov.slq",
@@ -80,6 +83,11 @@ _EXPORTS: dict[str, str] = {
     "run_hessian": "hessian_spectra.curvature.probe",
     "HessianSettings": "hessian_spectra.curvature.probe",
     "HessianReport": "hessian_spectra.curvature.probe",
+    # sharpness inside a training loop
+    "SharpnessTracker": "hessian_spectra.curvature.tracking",
+    "SharpnessRecord": "hessian_spectra.curvature.tracking",
+    "SharpnessCallback": "hessian_spectra.curvature.trainer_callback",
+    "stability_reference": "hessian_spectra.curvature.stability",
 }
 
 __all__ = sorted(_EXPORTS)

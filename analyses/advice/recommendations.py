@@ -170,8 +170,13 @@ def recommend(
     include_qkv: bool = False,
     n_params: int | None = None,
     seed: int = 0,
+    clip_thresholds: Iterable[ClipGroup] | None = None,
 ) -> Recommendations:
-    """PC-layer and spectral-clipping recommendations for a set of matrices (see the module docstring)."""
+    """PC-layer and spectral-clipping recommendations for a set of matrices (see the module docstring).
+
+    ``clip_thresholds``: clip thresholds per group measured from a run's updates
+    (:func:`hessian_spectra.analyses.advice.clip_series.clip_from_updates`, ``spectra track``); they
+    replace the paper-default lookup for the groups they cover."""
     optimizer = _check_optimizer(optimizer)
     for label, val in (("lr", lr), ("weight_decay", weight_decay)):
         if val is not None and (not math.isfinite(val) or val < 0):
@@ -179,6 +184,14 @@ def recommend(
     items = [m for m in items if m.role not in ("norm", "bias") and min(m.shape) > 1]
     pcs = tuple(pc_report(m, optimizer, include_qkv, seed) for m in items)
     groups = clip_groups(items, weight_decay, lr, n_params)
+    if clip_thresholds is not None:
+        from dataclasses import replace
+
+        measured = {g.group: g for g in clip_thresholds}
+        groups = tuple(
+            replace(g, c=measured[g.group].c, reason=measured[g.group].reason) if g.group in measured else g
+            for g in groups
+        )
     c_of = {g.group: g.c for g in groups}
     clips = tuple(clip_report(m, c_of[clip_group(m.role)], weight_decay, lr) for m in items)
     cands = [r for r in pcs if r.candidate]

@@ -9,6 +9,7 @@ Design notes: spectra/docs/lanczos.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -62,6 +63,53 @@ def random_unit_vector(dim: int, generator: torch.Generator) -> torch.Tensor:
     return v / torch.linalg.vector_norm(v)
 
 
+def start_vector(
+    subspace: torch.Tensor, *, noise: float = 0.0, seed: int = 0, weights: Sequence[float] | None = None
+) -> torch.Tensor:
+    """A float64 unit start vector whose Krylov space holds an approximate invariant subspace (warm start).
+
+    ``subspace`` is ``(dim,)`` or ``(r, dim)``: e.g. the previous run's Ritz vectors. Its rows are
+    orthonormalised (float64 QR) and summed with ``weights`` (default equal); for near-eigenvectors with
+    distinct eigenvalues the first r Krylov vectors then span the whole subspace. ``noise`` > 0 adds that
+    fraction (relative norm) of a Gaussian vector drawn from ``seed``, so every eigen-direction keeps a
+    component and a new extreme eigenvalue can still be found. See spectra/docs/lanczos.md (warm starts).
+    """
+    sub = subspace.detach().to(torch.float64)
+    if sub.ndim == 1:
+        sub = sub[None, :]
+    if sub.ndim != 2 or sub.shape[0] < 1 or sub.shape[1] < 1:
+        raise ValueError(f"subspace must be (dim,) or (r, dim), got shape {tuple(subspace.shape)}")
+    if not bool(torch.isfinite(sub).all()):
+        raise ValueError("subspace has non-finite entries")
+    if not (math.isfinite(noise) and noise >= 0.0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+    q, r = torch.linalg.qr(sub.T)
+    keep = torch.abs(torch.diagonal(r)) > 1e-12 * max(float(torch.abs(r).max()), 1e-300)
+    if not bool(keep.any()):
+        raise ValueError("subspace is zero")
+    q = q[:, keep]
+    w = torch.ones(q.shape[1], dtype=torch.float64, device=q.device)
+    if weights is not None:
+        w = torch.as_tensor(list(weights), dtype=torch.float64, device=q.device)
+        if w.numel() != sub.shape[0]:
+            raise ValueError(f"weights has {w.numel()} entries for {sub.shape[0]} subspace rows")
+        w = w[keep]
+    v = q @ w
+    v = v / torch.linalg.vector_norm(v)
+    if noise > 0.0:
+        v = v + noise * random_unit_vector(v.numel(), _generator(seed)).to(v.device)
+        v = v / torch.linalg.vector_norm(v)
+    return v
+
+
+def _start(v0: torch.Tensor | None, dim: int, gen: torch.Generator) -> torch.Tensor:
+    """The chain's first vector: Gaussian from ``gen`` (default), ``v0`` itself, or the warm start of a
+    ``(r, dim)`` subspace (:func:`start_vector`)."""
+    if v0 is None:
+        return random_unit_vector(dim, gen)
+    return start_vector(v0) if v0.ndim == 2 else v0
+
+
 def _validate(k: int, which: str, max_steps: int | None, policy: str = "full") -> None:
     if policy not in _POLICIES:
         raise ValueError(f"reorthogonalize must be 'full' or 'partial', got {policy!r}")
@@ -85,7 +133,7 @@ def _new_chain(
     policy: Reorth = "full",
 ) -> _Chain:
     gen = _generator(seed)
-    start = random_unit_vector(dim, gen) if v0 is None else v0
+    start = _start(v0, dim, gen)
     steps = default_max_steps(dim, k) if max_steps is None else min(int(max_steps), dim)
     return _Chain(
         dim, dtype, device, start, max_steps=steps, generator=gen, breakdown_rtol=0.5 * tol, policy=policy
@@ -112,7 +160,9 @@ def lanczos(
     the operator dtype). Stops early on an exhausted Krylov space (then the values are exact). If
     ``max_steps`` (default :func:`default_max_steps`) runs out first, ``converged=False`` and a
     :class:`ConvergenceWarning` is issued. ``progress(step, max_steps)`` is called after each matvec.
-    The start vector is Gaussian from ``seed`` unless ``v0`` is given. ``reorthogonalize``: ``"partial"``
+    The start vector is Gaussian from ``seed`` unless ``v0`` is given: a ``(dim,)`` start vector, or a
+    ``(r, dim)`` initial subspace (e.g. the previous run's ``top_vectors``/``bottom_vectors``: a warm
+    start, see :func:`start_vector`; add noise there yourself). ``reorthogonalize``: ``"partial"``
     (PRO: whole-basis reorthogonalisation only when the omega estimate of lost orthogonality passes
     sqrt(eps); same Ritz values to working precision, far fewer passes over the basis) or ``"full"``
     (every step).
@@ -190,16 +240,21 @@ def lanczos_lockstep(
     progress: Callable[[int, int], None] | None = None,
     indices: Sequence[int] | None = None,
     reorthogonalize: Reorth = "partial",
+    v0s: Sequence[torch.Tensor | None] | None = None,
 ) -> list[LanczosResult]:
     """``lanczos`` on every block of ``mop`` at once: one ``matvec_many`` per step advances all chains
     still running (finished ones pass ``None``). Block ``b`` starts from seed ``block_seed(seed, b)``,
     so its result equals ``lanczos(block_b, seed=block_seed(seed, b))`` exactly. ``indices[b]``
     replaces ``b`` in the seed (a subset of a larger block list then draws that list's vectors).
-    ``reorthogonalize`` as in :func:`lanczos`.
+    ``reorthogonalize`` as in :func:`lanczos`. ``v0s[b]`` (optional, None entries allowed) is block
+    ``b``'s start vector or initial subspace, as ``v0`` of :func:`lanczos` (warm starts per block).
     """
     _validate(k, which, max_steps, reorthogonalize)
     tol = default_tol(mop.dtype) if tol is None else float(tol)
     ids = _block_ids(indices, len(mop.dims))
+    if v0s is not None and len(v0s) != len(mop.dims):
+        raise ValueError(f"v0s has {len(v0s)} entries for {len(mop.dims)} blocks")
+    starts = list(v0s) if v0s is not None else [None] * len(mop.dims)
     chains = [
         _new_chain(
             int(d),
@@ -207,7 +262,7 @@ def lanczos_lockstep(
             mop.device,
             int(k),
             block_seed(seed, ids[b]),
-            None,
+            starts[b],
             max_steps,
             tol,
             reorthogonalize,
@@ -259,4 +314,5 @@ __all__: Sequence[str] = [
     "lanczos_lockstep",
     "lanczos_tridiagonal",
     "random_unit_vector",
+    "start_vector",
 ]
