@@ -1,0 +1,127 @@
+"""Exact diagonal Hessian blocks H_bb from their columns: several unit vectors per pruned backward.
+
+A block of n parameters has n columns; with the first-order graph of each batch built once (or kept by
+the operator), ``autograd.grad(g_b, p_b, E, is_grads_batched=True)`` returns H_bb E for a chunk of unit
+vectors E in one vectorised backward that walks only the paths reaching the block's parameters (the
+pruned backward of :mod:`hessian_spectra.curvature.block_operators`). Where vmap cannot run the backward,
+the chunk is done one column at a time (noted). The eigenvalues come from ``eigvalsh`` in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from hessian_spectra.curvature.block_operators import BlockDiagonalOperator
+from hessian_spectra.curvature.blocks import AnyBlock
+from hessian_spectra.curvature.guards import is_double_backward_error
+from hessian_spectra.krylov.exact import ExactSpectrum, symmetric_eigvalsh
+
+__all__ = ["block_matrices", "exact_block_spectra"]
+
+
+def _columns(
+    plan: Any, grads: list[torch.Tensor], leaves: list[torch.Tensor], E: torch.Tensor, batched: bool
+) -> torch.Tensor | None:
+    """H_bb E (``(k, n)`` rows = columns) of one batch for unit vectors ``E`` (``(k, n)``); None when
+    the block does not reach the loss."""
+    k = E.shape[0]
+    outs, grad_outs = [], []
+    for part, j, a, b in plan.parts:
+        g = part.index(grads[j])
+        if g.requires_grad:
+            outs.append(g)
+            grad_outs.append(E[:, a:b].reshape(k, *part.block_shape).to(g.device))
+    if not outs:
+        return None
+    targets = [leaves[j] for j in plan.leaves]
+    if batched:
+        hs = torch.autograd.grad(
+            outs, targets, grad_outputs=grad_outs, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
+        per_leaf = [None if h is None else list(h) for h in hs]
+    else:
+        cols = [
+            torch.autograd.grad(outs, targets, grad_outputs=[t[i] for t in grad_outs], retain_graph=True,
+                                allow_unused=True)
+            for i in range(k)
+        ]  # fmt: skip
+        per_leaf = [None if cols[0][t] is None else [c[t] for c in cols] for t in range(len(targets))]
+    by_leaf = dict(zip(plan.leaves, per_leaf, strict=True))
+    n = E.shape[1]
+    rows = torch.zeros(k, n, dtype=E.dtype, device=E.device)
+    for part, j, a, b in plan.parts:
+        hl = by_leaf[j]
+        if hl is not None:
+            rows[:, a:b] = torch.stack([part.take(h) for h in hl]).to(device=E.device, dtype=E.dtype)
+    return rows
+
+
+def block_matrices(
+    operator: Any, blocks: Sequence[AnyBlock], *, progress: Callable[[str], None] | None = None
+) -> tuple[list[torch.Tensor], int]:
+    """Dense H_bb of every block (operator dtype, on its vector device) and the number of (batched)
+    backward passes run. One graph per batch serves every block; each block's columns go in chunks of
+    at most ``operator._chunk(n)`` unit vectors per backward (memory-bounded like ``matmat``).
+    ``progress(name)`` is called after each block."""
+    bd = BlockDiagonalOperator(operator, blocks)
+    op = bd.operator
+    mats = [torch.zeros(d, d, dtype=bd.dtype, device=bd.device) for d in bd.dims]
+    count = 0
+
+    def run() -> None:
+        nonlocal count
+        for m in mats:
+            m.zero_()
+        count = 0
+
+        def per_batch(weight: float, grads: list[torch.Tensor], leaves: list[torch.Tensor]) -> None:
+            nonlocal count
+            for i, plan in enumerate(bd._plans):
+                n = bd.dims[i]
+                chunk = op._chunk(n)
+                for c0 in range(0, n, chunk):
+                    c1 = min(n, c0 + chunk)
+                    E = torch.zeros(c1 - c0, n, dtype=bd.dtype, device=bd.device)
+                    E[torch.arange(c1 - c0), torch.arange(c0, c1)] = 1.0
+                    batched = op._batched_ok and c1 - c0 > 1
+                    if batched:
+                        try:
+                            rows = _columns(plan, grads, leaves, E, batched=True)
+                        except (RuntimeError, NotImplementedError) as err:
+                            if is_double_backward_error(err):
+                                raise
+                            op._batched_ok = batched = False
+                            op.notes.append(
+                                f"batched backward (is_grads_batched) failed ({err!s:.120}); exact blocks "
+                                "computed one column at a time"
+                            )
+                    if not batched:
+                        rows = _columns(plan, grads, leaves, E, batched=False)
+                    count += 1 if batched else c1 - c0
+                    if rows is not None:
+                        mats[i][c0:c1].add_(rows, alpha=weight)
+
+        op._for_each_graph(per_batch)
+
+    op._with_attention_fallback(run)
+    out = []
+    for b, m in zip(blocks, mats, strict=True):
+        out.append(m / op.total_weight)
+        if progress is not None:
+            progress(b.name)
+    return out, count
+
+
+def exact_block_spectra(
+    operator: Any, blocks: Sequence[AnyBlock], *, progress: Callable[[str], None] | None = None
+) -> tuple[list[ExactSpectrum], int]:
+    """Exact spectrum of every block (see :func:`block_matrices`) and the backward passes it took; each
+    spectrum's ``num_matvecs`` is its column count (rows of the matrix = block dimension)."""
+    mats, count = block_matrices(operator, blocks, progress=progress)
+    out = []
+    for b, m in zip(blocks, mats, strict=True):
+        ev, asym = symmetric_eigvalsh(m)
+        out.append(ExactSpectrum.from_eigenvalues(ev, name=b.name, num_matvecs=b.numel, asymmetry=asym))
+    return out, count
