@@ -127,6 +127,8 @@ class HessianReport:
     notes: tuple[str, ...] = field(default_factory=tuple)
     weighting: str = ""
     num_block_backwards: int = 0
+    #: the dtype the HVPs ran in (flat blocks are judged against its rounding)
+    dtype: str = ""
 
     def block_summary(self) -> list[dict[str, Any]]:
         """Per block: name, parameter (None for a block of several parameters; ``params`` lists them),
@@ -167,6 +169,7 @@ class HessianReport:
                 "dim": self.dim,
                 "num_hvps": self.num_hvps,
                 "num_block_backwards": self.num_block_backwards,
+                "dtype": self.dtype,
                 "seconds": self.seconds,
                 "weighting": self.weighting,
                 "notes": list(self.notes),
@@ -322,7 +325,7 @@ def run_hessian(
     return HessianReport(
         settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
         block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes) + tuple(block_notes),
-        weighting=op.weighting, num_block_backwards=backwards,
+        weighting=op.weighting, num_block_backwards=backwards, dtype=str(op.dtype).replace("torch.", ""),
     )  # fmt: skip
 
 
