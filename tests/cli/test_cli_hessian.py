@@ -134,7 +134,9 @@ def test_hessian_says_which_spectra_were_exact_and_prints_the_verdict(tmp_path, 
     assert doc["hessian"]["exact_full"] and doc["hessian"]["num_hvps"] == 279 + 6
     assert doc["hessian"]["lanczos"]["method"] == "exact" and doc["hessian"]["num_exact_blocks"] == 6
     _, H = _exact_hessian_of_factory(factory)
-    assert doc["hessian"]["lanczos"]["lambda_max"] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-10)
+    assert doc["hessian"]["lanczos"]["lambda_max"] == pytest.approx(
+        float(torch.linalg.eigvalsh(H)[-1]), rel=1e-10
+    )
     assert "exact: all 279 eigenvalues" in stdout and "Block spectra: 6 of 6 blocks exact" in stdout
     line = doc["heterogeneity"]["verdict_line"]
     assert line.startswith(doc["heterogeneity"]["verdict"]) and f"Block heterogeneity: {line}" in stdout

@@ -110,7 +110,9 @@ def test_probe_goes_exact_where_cheaper_and_says_so():
             ev = torch.linalg.eigvalsh(H[idx][:, idx]).numpy()
             assert np.abs(r.eigenvalues - ev).max() < 1e-12 * np.abs(ev).max()
     # the SLQ blocks draw the probes they would draw among all blocks (seeds by block index)
-    off = run_hessian(case.model, case.batches, case.loss, HessianSettings(**{**small.to_dict(), "exact": False}))
+    off = run_hessian(
+        case.model, case.batches, case.loss, HessianSettings(**{**small.to_dict(), "exact": False})
+    )
     assert {r["method"] for r in off.block_summary()} == {"slq"} and not off.exact_full
     for a, b in zip(rep.block_results, off.block_results, strict=True):
         if not isinstance(a, ExactSpectrum):
