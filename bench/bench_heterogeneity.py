@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import heterogeneity_suite as suite  # noqa: E402
 
-SGD_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)
-ADAM_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
+SGD_LRS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
 
 def block_spectra_run(case: suite.SuiteCase, probes: int, steps: int, seed: int) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def optimizer_gap(case: suite.SuiteCase, steps: int) -> dict[str, Any]:
     return {
         "initial": l0, "sgd": {str(k): v for k, v in sgd.items()}, "adam": {str(k): v for k, v in adam.items()},
         "best_sgd": ls, "best_adam": la, "best_sgd_lr": min(sgd, key=sgd.get), "best_adam_lr": min(adam, key=adam.get),
-        "gap": (ls - la) / (l0 - la) if l0 > la else math.nan, "difference": ls - la, "ratio": ls / la,
+        "gap": (ls - la) / (l0 - la) if l0 > la else math.nan, "difference": ls - la, "ratio": ls / la if la > 0 else math.inf,
         "seconds": time.perf_counter() - start,
     }  # fmt: skip
 
@@ -127,8 +127,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = results.setdefault("models", {})
     budgets = [
         ("base", args.probes, args.steps, args.seeds),
-        ("double", 2 * args.probes, 2 * args.steps, [args.seeds[0]]),
+        ("double", 2 * args.probes, 2 * args.steps, args.seeds[:1]),
     ]
+    if args.no_hessian:
+        budgets = []
     for name in args.models:
         entry = models.setdefault(name, {"family": suite.FAMILY[name], "runs": {}, "gap": {}})
         for label, probes, steps, seeds in budgets:
@@ -285,8 +287,19 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="keep the runs already in OUT/results.json")
     p.add_argument("--markdown", action="store_true", help="only print the tables of OUT/results.json")
     p.add_argument("--restat", action="store_true", help="recompute the statistics from the saved spectra")
+    p.add_argument("--no-hessian", action="store_true", help="only the optimizer gap")
+    p.add_argument("--merge", default=None, help="copy the optimizer gaps of another OUT folder into OUT")
     args = p.parse_args()
-    if args.restat:
+    if args.merge:
+        path = Path(args.out) / "results.json"
+        mine, other = (
+            json.loads(path.read_text()),
+            json.loads((Path(args.merge) / "results.json").read_text()),
+        )
+        for name, entry in other["models"].items():
+            mine["models"].setdefault(name, entry | {"runs": {}})["gap"].update(entry["gap"])
+        path.write_text(json.dumps(mine, indent=1, default=float))
+    elif args.restat:
         restat(Path(args.out))
     elif not args.markdown:
         run(args)
