@@ -178,6 +178,49 @@ def restat(out: Path) -> None:
     path.write_text(json.dumps(results, indent=1, default=float))
 
 
+def exact_cost(names: list[str], probes: int, steps: int, threads: int) -> list[str]:
+    """Side by side on seed 0: the block spectra with the exact path on (blocks of <= probes x steps
+    parameters from their columns) and off (block SLQ for every block): wall time, pruned backwards and
+    the verdict's statistic; and the whole-model default budget on the 279-parameter MLP of the tests."""
+    from hessian_spectra.curvature.probe import HessianSettings, run_hessian
+
+    torch.set_num_threads(threads)
+    lines = ["| model | exact on: s | backwards | sharpness-gap | exact off: s | backwards | sharpness-gap |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in names:
+        case = suite.build(name, 0, train_steps=0)
+        row = [name]
+        for exact in (True, False):
+            settings = HessianSettings(
+                full=False, block_probes=probes, block_steps=steps, seed=0, exact=exact
+            )
+            start = time.perf_counter()
+            rep = run_hessian(case.model, case.hessian_batches, case.loss, settings)
+            seconds = time.perf_counter() - start
+            stat = statistics_of(rep.to_dict()["blocks"])["statistics"]["sharpness-gap"]
+            row += [f"{seconds:.1f}", str(rep.num_block_backwards), f"{stat:.4f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 12), torch.nn.Tanh(),
+                              torch.nn.Linear(12, 3)).double()  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g))
+    lines += [
+        "",
+        "| 279-parameter MLP, default budget | HVPs | pruned block backwards | s |",
+        "|---|---|---|---|",
+    ]
+    for exact in (True, False):
+        start = time.perf_counter()
+        rep = run_hessian(mlp, [batch], lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]),
+                          HessianSettings(exact=exact))  # fmt: skip
+        label = "exact where cheaper" if exact else "--no-exact (Lanczos + SLQ + block SLQ)"
+        lines.append(
+            f"| {label} | {rep.num_hvps} | {rep.num_block_backwards} | {time.perf_counter() - start:.2f} |"
+        )
+    return lines
+
+
 def _seed_values(entry: dict[str, Any], get) -> list[float]:
     return [get(r) for k, r in entry["runs"].items() if k.startswith("base/") and get(r) is not None]
 
@@ -271,7 +314,29 @@ def markdown(results: dict[str, Any]) -> str:
             vals = [float(np.mean(_seed_values(models[n], get))) for n in have]
             rho, p = spearmanr(vals, gap)
             corr.append(f"| {label} | {rho:+.2f} | {p:.2f} |")
-    return "\n".join(lines + corr)
+    return "\n".join(lines + corr + margins(results))
+
+
+def margins(results: dict[str, Any]) -> list[str]:
+    """Per model and scale statistic: distance of the seed mean from the verdict threshold, in units of the
+    seed-to-seed standard deviation, signed so that positive = the side the paper's claim puts the
+    family on (transformers above, CNNs/MLP below; the Mixer is not scored)."""
+    from hessian_spectra.analyses.heterogeneity.verdict import THRESHOLDS
+
+    out = ["", "| statistic (threshold) | " + " | ".join(results["models"]) + " | min margin / seed sd |",
+           "|---|" + "---|" * (len(results["models"]) + 1)]  # fmt: skip
+    for stat, limit in THRESHOLDS.items():
+        cells, worst = [], math.inf
+        for entry in results["models"].values():
+            vals = _seed_values(entry, lambda r, s=stat: r["statistics"][s])
+            mean, sd = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
+            sign = {"transformer": 1.0, "cnn": -1.0, "mlp": -1.0}.get(entry["family"])
+            margin = None if sign is None else sign * (mean - limit)
+            if margin is not None and sd > 0:
+                worst = min(worst, margin / sd)
+            cells.append(f"{mean:.2f} ± {sd:.2f}" + ("" if margin is None else f" ({margin / sd:+.1f} sd)"))
+        out.append(f"| {stat} ({limit:g}) | " + " | ".join(cells) + f" | {worst:.1f} |")
+    return out
 
 
 def main() -> None:
@@ -288,8 +353,12 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true", help="only print the tables of OUT/results.json")
     p.add_argument("--restat", action="store_true", help="recompute the statistics from the saved spectra")
     p.add_argument("--no-hessian", action="store_true", help="only the optimizer gap")
+    p.add_argument("--exact-cost", action="store_true", help="only the exact-vs-SLQ side-by-side (--models)")
     p.add_argument("--merge", default=None, help="copy the optimizer gaps of another OUT folder into OUT")
     args = p.parse_args()
+    if args.exact_cost:
+        print("\n".join(exact_cost(args.models, args.probes, args.steps, args.threads)))
+        return
     if args.merge:
         path = Path(args.out) / "results.json"
         mine, other = (

@@ -179,8 +179,8 @@ def analyze_heterogeneity(
     boot = bootstrap_statistic(live, stat, samples=bootstrap, seed=seed) if len(live) >= 2 else {}
     value = values.get(stat.name)
     rule = (
-        f"heterogeneous when {stat.name}, the {stat.describe()}, is >= {limit:g} ({_ratio(limit)}); flat blocks "
-        f"(spectral radius <= {tol:.3g} x the model's curvature scale) left out"
+        f"heterogeneous when {stat.name} >= {limit:g} decades ({_ratio(limit)}), else homogeneous; {stat.name} = "
+        f"{stat.describe()}; flat blocks (spectral radius <= {tol:.3g} x the model's curvature scale) left out"
     )
     if value is None:
         verdict = "single block"

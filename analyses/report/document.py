@@ -156,7 +156,7 @@ def heterogeneity_findings(het: Mapping[str, Any] | None) -> list[str]:
         out.append(
             f"Groups that widen {stat.get('name', 'the statistic')} most (value without the group): "
             + ", ".join(
-                f"{d['group']} ({_g(d['statistic_without'], '.2f')}, {d['num_blocks']} blocks)" for d in top
+                f"{d['group']} ({_g(d['statistic_without'], '.2f')}, {d['num_blocks']} block(s))" for d in top
             )
             + "."
         )

@@ -114,14 +114,36 @@ def block_matrices(
     return out, count
 
 
+#: Dense block matrices held at once by :func:`exact_block_spectra` (bytes); blocks beyond it go in
+#: further passes over the batches (no graph rebuild when the operator keeps its graphs).
+MAX_EXACT_BYTES = 256 * 2**20
+
+
 def exact_block_spectra(
-    operator: Any, blocks: Sequence[AnyBlock], *, progress: Callable[[str], None] | None = None
+    operator: Any,
+    blocks: Sequence[AnyBlock],
+    *,
+    progress: Callable[[str], None] | None = None,
+    max_bytes: int = MAX_EXACT_BYTES,
 ) -> tuple[list[ExactSpectrum], int]:
     """Exact spectrum of every block (see :func:`block_matrices`) and the backward passes it took; each
-    spectrum's ``num_matvecs`` is its column count (rows of the matrix = block dimension)."""
-    mats, count = block_matrices(operator, blocks, progress=progress)
-    out = []
-    for b, m in zip(blocks, mats, strict=True):
-        ev, asym = symmetric_eigvalsh(m)
-        out.append(ExactSpectrum.from_eigenvalues(ev, name=b.name, num_matvecs=b.numel, asymmetry=asym))
+    spectrum's ``num_matvecs`` is its column count. Blocks go in groups whose dense matrices together
+    stay under ``max_bytes`` (a group's matrices are dropped once their eigenvalues are taken)."""
+    item = torch.empty(0, dtype=operator.dtype).element_size()
+    groups: list[list[AnyBlock]] = [[]]
+    size = 0
+    for b in blocks:
+        need = b.numel * b.numel * item
+        if groups[-1] and size + need > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(b)
+        size += need
+    out, count = [], 0
+    for group in groups:
+        mats, n = block_matrices(operator, group, progress=progress)
+        count += n
+        for b, m in zip(group, mats, strict=True):
+            ev, asym = symmetric_eigvalsh(m)
+            out.append(ExactSpectrum.from_eigenvalues(ev, name=b.name, num_matvecs=b.numel, asymmetry=asym))
     return out, count

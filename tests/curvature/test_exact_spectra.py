@@ -48,8 +48,12 @@ def test_exact_block_spectra_eigenvalues_and_views():
     op = HessianOperator(case.model, case.batches, case.loss, dtype=torch.float64)
     blocks = parameter_blocks(op)
     seen = []
-    spectra, _ = exact_block_spectra(op, blocks, progress=seen.append)
-    assert seen == [b.name for b in blocks]
+    spectra, count = exact_block_spectra(op, blocks, progress=seen.append)
+    assert seen == [b.name for b in blocks] and count == len(blocks) * len(case.batches)
+    # a memory cap below the largest block: one group per block, the same eigenvalues
+    capped, _ = exact_block_spectra(op, blocks, max_bytes=8 * 16 * 16)
+    for a, b in zip(spectra, capped, strict=True):
+        np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, rtol=0, atol=1e-15)
     for b, s in zip(blocks, spectra, strict=True):
         idx = _index(op, b)
         ev = torch.linalg.eigvalsh(H[idx][:, idx]).numpy()
