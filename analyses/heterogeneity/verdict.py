@@ -35,7 +35,7 @@ __all__ = ["HeterogeneityReport", "scale_spread", "analyze_heterogeneity", "THRE
 #: Verdict threshold of each statistic, in decades (chosen on the issue 11 suite, bench/RESULTS.md):
 #: heterogeneous when the statistic is >= its threshold.
 THRESHOLDS = {
-    "sharpness-gap": 0.85, "scale-iqr": 1.0, "scale-iqr-blocks": 1.5, "scale-p10-p90": 1.5, "rms-iqr": 1.0,
+    "sharpness-gap": 0.8, "scale-iqr": 1.0, "scale-iqr-blocks": 1.5, "scale-p10-p90": 1.5, "rms-iqr": 1.0,
 }  # fmt: skip
 
 #: Blocks with fewer eigenvalues than this are left out of the JS matrices (a handful of eigenvalues
@@ -134,7 +134,7 @@ def _ratio(decades: float) -> str:
 
 def _against(value: float, limit: float) -> str:
     """``value`` with enough decimals (2 or more) that the printed number compares with ``limit`` the way
-    the value does: never "0.85 < 0.85"."""
+    the value does: never "0.80 < 0.80"."""
     for digits in range(2, 12):
         text = f"{value:.{digits}f}"
         if (float(text) >= limit) == (value >= limit):
