@@ -59,7 +59,7 @@ def run_demo(
             stat, m = het["statistic"], het["mean_js"]
             exact = f"{doc['hessian']['num_exact_blocks']} of {len(doc['hessian']['blocks'])}"
             md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {stat['name']} "
-                      f"{stat['value']:.2f} +- {stat['stderr']:.2f} (threshold {stat['threshold']:g}) | "
+                      f"{stat['value']:.2f} +- {stat['stderr']:.2g} (threshold {stat['threshold']:g}) | "
                       f"{len(het['flat_blocks'])} | {exact} | {m['scales-kept']:.3f} | {m['shape-only']:.3f} |")  # fmt: skip
             details += [f"## {case.name}: {case.description}", "", *[f"- {f}" for f in doc["findings"]], ""]
             rows.append(
