@@ -9,7 +9,6 @@ the chunk is done one column at a time (noted). The eigenvalues come from ``eigv
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,15 +65,22 @@ def _unit_rows(c0: int, c1: int, n: int, like: Any) -> torch.Tensor:
     return E
 
 
+#: Columns go through vectorised backwards (``is_grads_batched``) when the first batch's saved graph is at
+#: most this many bytes, one column per backward otherwise. Measured per column (one thread): a 1-layer
+#: BERT on 48 tokens (69 KB graph) 1.3 ms vectorised vs 5.2 ms single; the suite's GPT-2 on 512 tokens
+#: (13 MB) 40 vs 30-35 ms; its ViT (4.5 MB) and ResNet (8.1 MB) within 5% either way. A fixed rule (not a
+#: timing taken at run time) keeps a seeded report reproducible: the two ways round differently.
+VECTORISED_MAX_GRAPH_BYTES = 2**20
+
+
 def block_matrices(
     operator: Any, blocks: Sequence[AnyBlock], *, progress: Callable[[str], None] | None = None
 ) -> tuple[list[torch.Tensor], int]:
     """Dense H_bb of every block (operator dtype, on its vector device) and the number of backward passes
     run (a vectorised one counts once). One graph per batch serves every block. Columns go in chunks of
     at most ``operator._chunk(n)`` unit vectors per vectorised backward (memory-bounded like ``matmat``)
-    or one per backward, whichever measured faster per column on the first block (vmap wins on small,
-    overhead-bound graphs: 4x on a 1-layer BERT; loops on large ones: 1.45x on the suite's GPT-2 at 512
-    tokens); the choice is kept in the operator's notes. ``progress(name)`` is called after each block."""
+    on small graphs, one per backward on large ones (:data:`VECTORISED_MAX_GRAPH_BYTES`; the operator's
+    ``_exact_mode`` "batched"/"loop" overrides). ``progress(name)`` is called after each block."""
     bd = BlockDiagonalOperator(operator, blocks)
     op = bd.operator
     mats = [torch.zeros(d, d, dtype=bd.dtype, device=bd.device) for d in bd.dims]
@@ -93,39 +99,6 @@ def block_matrices(
             )
             return _columns(plan, grads, leaves, E, batched=False)
 
-    def add(i: int, rows: torch.Tensor | None, c0: int, c1: int, weight: float) -> None:
-        if rows is not None:
-            mats[i][c0:c1].add_(rows, alpha=weight)
-
-    timing: dict[str, float] = {}
-
-    def calibrate(i, plan, grads, leaves, c0, n, k, weight) -> tuple[int, int]:
-        """One step of the measurement on block i from column c0: an untimed vectorised warm-up on 2
-        columns (vmap's first call pays a one-off cost), then k timed vectorised columns, then 4 timed
-        single columns (all on one block of >= k + 6 columns, so both time the same paths); decides
-        ``op._exact_mode`` once both are timed. Returns (next column, backwards run)."""
-        stage = "warm" if "warm" not in timing else ("vmap" if "vmap" not in timing else "loop")
-        c1 = min(n, c0 + {"warm": 2, "vmap": k, "loop": 4}[stage])
-        E = _unit_rows(c0, c1, n, mats[i])
-        start = time.perf_counter()
-        if stage == "loop":
-            rows, used = _columns(plan, grads, leaves, E, batched=False), c1 - c0
-        else:
-            rows = batched_rows(plan, grads, leaves, E)
-            used = 1 if op._batched_ok else c1 - c0
-        timing[stage] = (time.perf_counter() - start) / (c1 - c0)
-        add(i, rows, c0, c1, weight)
-        if not op._batched_ok:
-            op._exact_mode = "loop"
-        elif stage == "loop":
-            op._exact_mode = "batched" if timing["vmap"] < timing["loop"] else "loop"
-            op.notes.append(
-                f"exact blocks: {1e3 * timing['vmap']:.3g} ms per column in a vectorised backward vs "
-                f"{1e3 * timing['loop']:.3g} ms one at a time (measured); using "
-                f"{'vectorised' if op._exact_mode == 'batched' else 'one-at-a-time'} backwards"
-            )
-        return c1, used
-
     def run() -> None:
         nonlocal count
         for m in mats:
@@ -134,26 +107,25 @@ def block_matrices(
 
         def per_batch(weight: float, grads: list[torch.Tensor], leaves: list[torch.Tensor]) -> None:
             nonlocal count
+            mode = getattr(op, "_exact_mode", None)
+            if mode is None:
+                small = (op.graph_bytes or 0) <= VECTORISED_MAX_GRAPH_BYTES
+                mode = "batched" if small else "loop"
             for i, plan in enumerate(bd._plans):
                 n, c0 = bd.dims[i], 0
-                chunk = op._chunk(n)
-                k = min(chunk, 8)
-                measure = getattr(op, "_exact_mode", None) is None and op._batched_ok and n >= 2 + k + 4
+                step = op._chunk(n) if mode == "batched" and op._batched_ok else 1
                 while c0 < n:
-                    mode = getattr(op, "_exact_mode", None) if op._batched_ok else "loop"
-                    if measure and mode is None:  # on one block: both ways timed once, the faster kept
-                        c0, used = calibrate(i, plan, grads, leaves, c0, n, k, weight)
-                        count += used
-                        continue
-                    c1 = min(n, c0 + (1 if mode == "loop" else chunk))
+                    c1 = min(n, c0 + step)
                     E = _unit_rows(c0, c1, n, mats[i])
                     if c1 - c0 > 1:
                         rows = batched_rows(plan, grads, leaves, E)
                         count += 1 if op._batched_ok else c1 - c0
+                        step = step if op._batched_ok else 1
                     else:
                         rows = _columns(plan, grads, leaves, E, batched=False)
                         count += 1
-                    add(i, rows, c0, c1, weight)
+                    if rows is not None:
+                        mats[i][c0:c1].add_(rows, alpha=weight)
                     c0 = c1
 
         op._for_each_graph(per_batch)
