@@ -13,6 +13,9 @@ _EXPORTS: dict[str, str] = {
     "spectra_from_hessian": "hessian_spectra.analyses.heterogeneity.blocks",
     "js_distance": "hessian_spectra.analyses.heterogeneity.js",
     "js_matrix": "hessian_spectra.analyses.heterogeneity.js",
+    "find_flat": "hessian_spectra.analyses.heterogeneity.flat",
+    "ScaleStatistic": "hessian_spectra.analyses.heterogeneity.scales",
+    "STATISTICS": "hessian_spectra.analyses.heterogeneity.scales",
     # Hessian structure and Adam-mini partitions
     "mass_share": "hessian_spectra.analyses.structure",
     "verify_partition": "hessian_spectra.analyses.structure",

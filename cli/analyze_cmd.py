@@ -107,6 +107,7 @@ def analyze(
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or muon (recommendations).")] = "adamw",
     dtype: o.Dtype = None,
     seed: o.Seed = 0,
+    exact: o.Exact = True,
     device: o.Device = "auto",
     device_map: o.DeviceMap = None,
     quiet: o.Quiet = False,
@@ -118,7 +119,7 @@ def analyze(
         raise InputError("--optimizer", f"must be adamw or muon, got {optimizer!r}")
     settings = o.hessian_settings(
         batches=batches, top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps,
-        blocks=blocks, max_blocks_per_tensor=max_blocks_per_tensor, heads=heads, dtype=dtype, seed=seed,
+        blocks=blocks, max_blocks_per_tensor=max_blocks_per_tensor, heads=heads, dtype=dtype, seed=seed, exact=exact,
     )  # fmt: skip
     dev, device_map = o.resolve_placement(device, device_map)
     options = AnalyzeOptions(

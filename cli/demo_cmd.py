@@ -47,8 +47,8 @@ def run_demo(
     rows = []
     with staged_directory(out) as stage:
         md = ["# spectra demo: a small transformer vs a small CNN", "",
-              "| model | verdict | block lambda_max spread | mean JS scales-kept | shape-only |",
-              "|---|---|---|---|---|"]  # fmt: skip
+              "| model | verdict | statistic (decades) | flat blocks | exact blocks | mean JS scales-kept | shape-only |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
         details = []
         for case in cases:
             doc, figures = run_analysis(
@@ -57,23 +57,23 @@ def run_demo(
             )  # fmt: skip
             write_report(out / case.name, doc, figures, stage=stage / case.name)
             het = doc["heterogeneity"]
-            spread = het["scale_spread"]["lambda_max"]["ratio"]
-            m = het["mean_js"]
-            md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {spread:.3g}x | "
-                      f"{m['scales-kept']:.3f} | {m['shape-only']:.3f} |")  # fmt: skip
+            stat, m = het["statistic"], het["mean_js"]
+            exact = f"{doc['hessian']['num_exact_blocks']} of {len(doc['hessian']['blocks'])}"
+            md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {stat['name']} "
+                      f"{stat['value']:.2f} +- {stat['stderr']:.2g} (threshold {stat['threshold']:g}) | "
+                      f"{len(het['flat_blocks'])} | {exact} | {m['scales-kept']:.3f} | {m['shape-only']:.3f} |")  # fmt: skip
             details += [f"## {case.name}: {case.description}", "", *[f"- {f}" for f in doc["findings"]], ""]
             rows.append(
-                {"name": case.name, "verdict": het["verdict"], "mean_js": m, "lambda_max_spread": spread}
-            )
+                {"name": case.name, "verdict": het["verdict"], "verdict_line": het["verdict_line"], "mean_js": m,
+                 "statistic": stat, "exact_blocks": exact}
+            )  # fmt: skip
         md += ["", f"Rule: {het['verdict_rule']}.", "", *details,
                f"Total time {time.perf_counter() - started:.0f} s ({'reduced' if reduced else 'full'} budget)."]  # fmt: skip
         atomic_write_text(stage / "summary.md", "\n".join(md) + "\n")
     if not quiet:
         console = out_console()
         for r in rows:
-            console.print(
-                safe(f"{r['name']}: {r['verdict']} (block lambda_max spread {r['lambda_max_spread']:.3g}x)")
-            )
+            console.print(safe(f"{r['name']}: {r['verdict_line']}; exact block spectra: {r['exact_blocks']}"))
         console.print(f"wrote {', '.join(r['name'] for r in rows)} reports and summary.md to {safe(out)}")
     return rows
 

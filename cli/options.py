@@ -47,6 +47,11 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed of every random probe.")
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 DeviceMap = Annotated[str | None, typer.Option("--device-map", help=DEVICE_MAP_HELP)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
+EXACT_HELP = (
+    "Exact spectra where cheaper: blocks of <= block-probes x block-steps parameters and models of <= probes x "
+    "steps parameters from their Hessian columns (--no-exact: estimate everything)."
+)
+Exact = Annotated[bool, typer.Option("--exact/--no-exact", help=EXACT_HELP)]
 
 
 def max_blocks(value: int) -> int | None:
@@ -58,7 +63,7 @@ def max_blocks(value: int) -> int | None:
 
 def hessian_settings(
     *, batches: int, top_k: int, probes: int, steps: int, block_probes: int, block_steps: int, blocks: str,
-    max_blocks_per_tensor: int, heads: int | None, dtype: str | None, seed: int,
+    max_blocks_per_tensor: int, heads: int | None, dtype: str | None, seed: int, exact: bool = True,
 ):  # fmt: skip
     """The HessianSettings of a command line (checked: InputError naming the bad flag)."""
     from hessian_spectra.curvature.probe import HessianSettings
@@ -67,7 +72,7 @@ def hessian_settings(
         raise InputError("--batches", f"must be >= 0, got {batches}")
     return HessianSettings(
         top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps, blocks=blocks,
-        n_heads=heads, dtype=dtype, seed=seed, max_blocks_per_tensor=max_blocks(max_blocks_per_tensor),
+        n_heads=heads, dtype=dtype, seed=seed, max_blocks_per_tensor=max_blocks(max_blocks_per_tensor), exact=exact,
     )  # fmt: skip
 
 

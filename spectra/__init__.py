@@ -74,6 +74,8 @@ _EXPORTS: dict[str, str] = {
     "SpectralDensity": "hessian_spectra.krylov.slq",
     "exact_density": "hessian_spectra.krylov.slq",
     "density_l1": "hessian_spectra.krylov.slq",
+    "ExactSpectrum": "hessian_spectra.krylov.exact",
+    "dense_spectrum": "hessian_spectra.krylov.exact",
     "hutchinson": "hessian_spectra.krylov.trace",
     "hutchpp": "hessian_spectra.krylov.trace",
     "TraceEstimate": "hessian_spectra.krylov.trace",

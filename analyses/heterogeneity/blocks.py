@@ -31,6 +31,8 @@ class BlockSpectrum:
     trace_stderr: float | None = None
     group: str = "other"
     layer: int | None = None
+    #: SLQ: the probe each node came from (for bootstrap over probes); None for exact spectra.
+    probe_ids: np.ndarray | None = None
 
     @classmethod
     def exact(
@@ -63,26 +65,30 @@ class BlockSpectrum:
     ) -> BlockSpectrum:
         """From SLQ nodes/weights of every probe (flattened together; weights renormalised to sum 1).
 
-        ``lambda_max``/``lambda_min`` default to the extreme nodes (the extreme Ritz values, which converge
-        first); ``trace`` defaults to dim x sum(w x node).
+        ``nodes``/``weights`` of shape ``(probes, steps)`` (one row per probe, as SLQ returns them) keep
+        the probe of every node in ``probe_ids``. ``lambda_max``/``lambda_min`` default to the extreme
+        nodes (the extreme Ritz values, which converge first); ``trace`` defaults to dim x sum(w x node).
         """
-        x = np.asarray(nodes, dtype=np.float64).ravel()
-        w = np.asarray(weights, dtype=np.float64).ravel()
+        x = np.asarray(nodes, dtype=np.float64)
+        w = np.asarray(weights, dtype=np.float64)
         if x.shape != w.shape or x.size == 0:
             raise ValueError(f"block {name!r}: nodes and weights must be non-empty and of equal size")
+        ids = np.repeat(np.arange(x.shape[0]), x.shape[1]) if x.ndim == 2 else np.zeros(x.size, dtype=int)
+        x, w = x.ravel(), w.ravel()
         keep = np.isfinite(x) & np.isfinite(w) & (w > 0)
-        x, w = x[keep], w[keep]
+        x, w, ids = x[keep], w[keep], ids[keep]
         if x.size == 0 or w.sum() <= 0:
             raise ValueError(f"block {name!r}: no finite SLQ node with positive weight")
         w = w / w.sum()
-        order = np.argsort(x)
-        x, w = x[order], w[order]
+        order = np.argsort(x, kind="stable")
+        x, w, ids = x[order], w[order], ids[order]
         return cls(
             name=name, dim=int(dim), nodes=x, weights=w, source="slq",
             lambda_max=float(x[-1] if lambda_max is None else lambda_max),
             lambda_min=float(x[0] if lambda_min is None else lambda_min),
             trace=float(dim * np.dot(w, x) if trace is None else trace), trace_stderr=trace_stderr,
             group=group or block_group(name), layer=layer if layer is not None else block_layer(name),
+            probe_ids=ids,
         )  # fmt: skip
 
     @property
@@ -134,12 +140,19 @@ def block_group(name: str) -> str:
 
 
 def spectra_from_hessian(report: Any) -> list[BlockSpectrum]:
-    """Block spectra from a :class:`hessian_spectra.curvature.probe.HessianReport` (or its ``to_dict()``)."""
+    """Block spectra from a :class:`hessian_spectra.curvature.probe.HessianReport` (or its ``to_dict()``):
+    exact blocks (``method`` "exact") as exact spectra, the others from their SLQ nodes per probe."""
     rows = report["blocks"] if isinstance(report, dict) else report.to_dict()["blocks"]
-    return [
-        BlockSpectrum.from_slq(
-            r["name"], r["dim"], r["nodes"], r["weights"], trace=r["trace"], trace_stderr=r["trace_stderr"],
-            lambda_max=r["lambda_max"], lambda_min=r["lambda_min"],
-        )
-        for r in rows
-    ]  # fmt: skip
+    out = []
+    for r in rows:
+        if r.get("method") == "exact":
+            out.append(BlockSpectrum.exact(r["name"], np.asarray(r["nodes"], dtype=np.float64).ravel()))
+        else:
+            out.append(
+                BlockSpectrum.from_slq(
+                    r["name"], r["dim"], np.asarray(r["nodes"], dtype=np.float64),
+                    np.asarray(r["weights"], dtype=np.float64), trace=r["trace"], trace_stderr=r["trace_stderr"],
+                    lambda_max=r["lambda_max"], lambda_min=r["lambda_min"],
+                )
+            )  # fmt: skip
+    return out

@@ -15,6 +15,7 @@ __all__ = [
     "SHAPE_ONLY",
     "SCALES_KEPT_LOG",
     "PAPER",
+    "PAPER_SCALED",
     "DEFAULT_CONVENTIONS",
     "DRIVERS_CONVENTION",
     "CONVENTIONS",
@@ -34,7 +35,7 @@ class JSConvention:
     """
 
     name: str
-    scale: Literal["common", "own"]
+    scale: Literal["common", "own", "model"]
     axis: Literal["linear", "symlog"]
     sigma_fraction: float | None = 0.01
     grid_points: int = 2048
@@ -63,11 +64,14 @@ class JSConvention:
 
     def describe(self) -> str:
         """One sentence naming the grid, kernel width, axis and the handling of negative eigenvalues."""
-        scale = (
-            "one common grid for all blocks (curvature scales kept)"
-            if self.scale == "common"
-            else "each block divided by its own spectral radius max|lambda| (shape only)"
-        )
+        scale = {
+            "common": "one common grid for all blocks (curvature scales kept)",
+            "own": "each block divided by its own spectral radius max|lambda| (shape only)",
+            "model": (
+                "one common grid for all blocks, every block divided by the model's curvature scale, the median block "
+                "spectral radius (scales kept relative to each other; unchanged when the loss is multiplied by a constant)"
+            ),
+        }[self.scale]
         if self.axis == "linear":
             axis = "linear eigenvalue axis, negative eigenvalues kept in place"
         else:
@@ -98,11 +102,15 @@ class JSConvention:
                 f"constant; one common grid of bins of width <= {self.bin_width:g} sigma_b where block b has mass; "
                 f"{exact}; {tail}"
             )
+        units = (
+            "in units of the model's curvature scale"
+            if self.scale == "model"
+            else "in eigenvalue units (JS changes when the loss is multiplied by a constant)"
+        )
         return (
             f"{scale}; {axis}; lattice of {self.grid_points} points over the pooled range padded by {pad} on "
             f"each side, refined to step {self.bin_width:g} sigma when coarser; absolute Gaussian kernel sigma = "
-            f"{self.sigma_abs:.4g} (sigma^2 = {self.sigma_abs**2:.3g}) in eigenvalue units (JS changes when "
-            f"the loss is multiplied by a constant); {exact}; {tail}"
+            f"{self.sigma_abs:.4g} (sigma^2 = {self.sigma_abs**2:.3g}) {units}; {exact}; {tail}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +133,11 @@ PAPER = JSConvention(
     "paper", scale="common", axis="linear", kernel="absolute", sigma_fraction=None, sigma_abs=math.sqrt(1e-5),
     grid_points=50_000, padding_abs=1.0,
 )  # fmt: skip
+#: The paper's kernel made scale-free: eigenvalues divided by the median block spectral radius first.
+PAPER_SCALED = JSConvention(
+    "paper-scaled", scale="model", axis="linear", kernel="absolute", sigma_fraction=None,
+    sigma_abs=math.sqrt(1e-5), grid_points=50_000, padding_abs=1.0,
+)  # fmt: skip
 #: ``scales-kept-log`` is left out of the defaults: its resolution near zero is finer than block SLQ gives
 #: (0.20 off the exact JS at 24 probes x 64 steps on the tiny GPT), so it is only for exact spectra.
 DEFAULT_CONVENTIONS: tuple[JSConvention, ...] = (SCALES_KEPT, SHAPE_ONLY)
@@ -132,7 +145,7 @@ DEFAULT_CONVENTIONS: tuple[JSConvention, ...] = (SCALES_KEPT, SHAPE_ONLY)
 DRIVERS_CONVENTION = "scales-kept"
 #: Every named convention, by name.
 CONVENTIONS: dict[str, JSConvention] = {
-    c.name: c for c in (SCALES_KEPT, SHAPE_ONLY, SCALES_KEPT_LOG, SCALES_KEPT_RELATIVE, PAPER)
+    c.name: c for c in (SCALES_KEPT, SHAPE_ONLY, SCALES_KEPT_LOG, SCALES_KEPT_RELATIVE, PAPER, PAPER_SCALED)
 }
 
 

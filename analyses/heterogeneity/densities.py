@@ -17,11 +17,14 @@ __all__ = ["block_densities", "kernel_widths"]
 def _transform(spectra: Sequence[BlockSpectrum], conv: JSConvention) -> list[np.ndarray]:
     """Node positions on the convention's axis, one array per block."""
     xs = []
+    model = float(np.median([s.spectral_radius for s in spectra])) if conv.scale == "model" else 1.0
     for s in spectra:
         x = s.nodes
         if conv.scale == "own":
             r = s.spectral_radius
             x = x / r if r > 0 else np.zeros_like(x)
+        elif conv.scale == "model" and model > 0:
+            x = x / model
         xs.append(x)
     if conv.axis == "symlog":
         top = max(float(np.max(np.abs(x))) for x in xs)

@@ -1,5 +1,7 @@
-"""The heterogeneity analysis of one model's blocks: JS matrices per convention, the spread of block
-curvature scales, the block groups that drive it, and a verdict, gathered in a HeterogeneityReport."""
+"""The heterogeneity analysis of one model's blocks: flat blocks set aside, the spread of block curvature
+scales (the statistic the verdict rests on, with a bootstrap uncertainty), JS matrices per convention,
+the groups that drive the spread, and a one-line verdict citing what decided it.
+Design notes: spectra/docs/heterogeneity.md."""
 
 from __future__ import annotations
 
@@ -12,20 +14,38 @@ import numpy as np
 from hessian_spectra.analyses.heterogeneity.blocks import BlockSpectrum
 from hessian_spectra.analyses.heterogeneity.conventions import (
     DEFAULT_CONVENTIONS,
-    SHAPE_ONLY,
     JSConvention,
     get_convention,
 )
 from hessian_spectra.analyses.heterogeneity.densities import block_densities
+from hessian_spectra.analyses.heterogeneity.drivers import group_drivers, statistic_drivers
+from hessian_spectra.analyses.heterogeneity.flat import FlatBlock, find_flat
 from hessian_spectra.analyses.heterogeneity.js import js_matrix, mean_offdiagonal
+from hessian_spectra.analyses.heterogeneity.scales import (
+    DEFAULT_STATISTIC,
+    STATISTICS,
+    block_scales,
+    bootstrap_statistic,
+    get_statistic,
+)
 from hessian_spectra.io import json_safe
 
-__all__ = ["HeterogeneityReport", "scale_spread", "group_drivers", "analyze_heterogeneity"]
+__all__ = ["HeterogeneityReport", "scale_spread", "analyze_heterogeneity", "THRESHOLDS", "MIN_JS_DIM"]
+
+#: Verdict threshold of each statistic, in decades (chosen on the issue 11 suite, bench/RESULTS.md):
+#: heterogeneous when the statistic is >= its threshold.
+THRESHOLDS = {
+    "sharpness-gap": 0.8, "scale-iqr": 1.0, "scale-iqr-blocks": 1.5, "scale-p10-p90": 1.5, "rms-iqr": 1.0,
+}  # fmt: skip
+
+#: Blocks with fewer eigenvalues than this are left out of the JS matrices (a handful of eigenvalues
+#: is not a density); they still count in the scale statistics.
+MIN_JS_DIM = 16
 
 
 def scale_spread(spectra: Sequence[BlockSpectrum]) -> dict[str, Any]:
-    """Spread of block curvature scales: ratio and decades between the largest and smallest positive
-    block lambda_max, the same for |trace|/dim (mean curvature), and the blocks at either end."""
+    """Largest / smallest positive block lambda_max, |trace|/dim and |trace| (ratio, decades, the blocks at
+    either end). Extremes: one block at either end decides them, so they are context, not the verdict."""
 
     def spread(values: list[tuple[str, float]]) -> dict[str, Any]:
         pos = [(n, v) for n, v in values if v > 0 and math.isfinite(v)]
@@ -37,11 +57,9 @@ def scale_spread(spectra: Sequence[BlockSpectrum]) -> dict[str, Any]:
                 "min_block": None,
                 "num_positive": len(pos),
             }
-        hi = max(pos, key=lambda t: t[1])
-        lo = min(pos, key=lambda t: t[1])
-        ratio = hi[1] / lo[1]
+        hi, lo = max(pos, key=lambda t: t[1]), min(pos, key=lambda t: t[1])
         return {
-            "ratio": ratio, "decades": math.log10(ratio), "max_block": hi[0], "min_block": lo[0],
+            "ratio": hi[1] / lo[1], "decades": math.log10(hi[1] / lo[1]), "max_block": hi[0], "min_block": lo[0],
             "max": hi[1], "min": lo[1], "num_positive": len(pos),
         }  # fmt: skip
 
@@ -49,36 +67,18 @@ def scale_spread(spectra: Sequence[BlockSpectrum]) -> dict[str, Any]:
         "lambda_max": spread([(s.name, s.lambda_max) for s in spectra]),
         "mean_curvature": spread([(s.name, abs(s.trace) / s.dim) for s in spectra]),
         "trace": spread([(s.name, abs(s.trace)) for s in spectra]),
-        "note": "ratio = largest / smallest positive value over blocks; mean_curvature = |trace| / dim",
+        "note": "over non-flat blocks; ratio = largest / smallest positive value; mean_curvature = |trace| / dim",
     }
-
-
-def group_drivers(spectra: Sequence[BlockSpectrum], js: np.ndarray) -> list[dict[str, Any]]:
-    """Per block group: mean JS of pairs inside the group, of pairs with one block in it, and how much
-    the model's mean JS drops when the group is removed (``contribution``; larger = drives it more)."""
-    n = len(spectra)
-    overall = mean_offdiagonal(js)
-    rows = []
-    for g in sorted({s.group for s in spectra}):
-        inside = [i for i, s in enumerate(spectra) if s.group == g]
-        outside = [i for i in range(n) if i not in inside]
-        cross = js[np.ix_(inside, outside)] if inside and outside else np.zeros((0,))
-        without = mean_offdiagonal(js, outside)
-        rows.append(
-            {
-                "group": g, "num_blocks": len(inside), "mean_js_within": mean_offdiagonal(js, inside),
-                "mean_js_to_others": float(cross.mean()) if cross.size else None,
-                "mean_js_without_group": without,
-                "contribution": None if overall is None or without is None else overall - without,
-            }
-        )  # fmt: skip
-    rows.sort(key=lambda r: -(r["contribution"] if r["contribution"] is not None else -math.inf))
-    return rows
 
 
 @dataclass(frozen=True, eq=False)
 class HeterogeneityReport:
-    """JS matrices per convention, scale spread, drivers and a verdict for one model's blocks."""
+    """Flat blocks, the scale statistic and its verdict, JS matrices per convention and drivers.
+
+    ``blocks`` are the blocks in the JS matrices (non-flat, at least ``min_dim`` eigenvalues);
+    ``all_blocks`` every block given; ``statistic`` the verdict's statistic (value, bootstrap stderr and
+    5-95% interval over SLQ probes, threshold); ``statistics`` every named scale statistic's value.
+    """
 
     blocks: tuple[BlockSpectrum, ...]
     conventions: tuple[JSConvention, ...]
@@ -88,6 +88,11 @@ class HeterogeneityReport:
     drivers: dict[str, list[dict[str, Any]]]
     verdict: str
     verdict_rule: str
+    verdict_line: str = ""
+    statistic: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, float | None] = field(default_factory=dict)
+    flat: tuple[FlatBlock, ...] = ()
+    all_blocks: tuple[BlockSpectrum, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,42 +101,45 @@ class HeterogeneityReport:
 
     def densities(self, convention: str | JSConvention | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Grid and block densities for a convention (recomputed; used by the figures)."""
-        conv = self._convention(convention)
-        return block_densities(self.blocks, conv)
+        return block_densities(self.blocks, self._convention(convention))
 
     def _convention(self, convention: str | JSConvention | None) -> JSConvention:
         if isinstance(convention, JSConvention):
             return convention
         name = convention or self.conventions[0].name
-        for c in self.conventions:
-            if c.name == name:
-                return c
-        return get_convention(name)
+        return next((c for c in self.conventions if c.name == name), None) or get_convention(name)
 
     def to_dict(self) -> dict[str, Any]:
+        flat = {f.name for f in self.flat}
+        in_js = set(self.names)
+        rows = [
+            {**b.to_dict(), "method": b.source, "flat": b.name in flat, "in_js": b.name in in_js}
+            for b in (self.all_blocks or self.blocks)
+        ]
         return json_safe(
             {
-                "blocks": [b.to_dict() for b in self.blocks],
-                "conventions": [c.to_dict() for c in self.conventions],
-                "js_matrix": {k: v.tolist() for k, v in self.js.items()},
-                "mean_js": dict(self.mean_js),
-                "scale_spread": self.scale_spread,
-                "drivers": self.drivers,
-                "verdict": self.verdict,
-                "verdict_rule": self.verdict_rule,
-                **self.extra,
+                "blocks": rows, "conventions": [c.to_dict() for c in self.conventions],
+                "js_blocks": self.names, "js_matrix": {k: v.tolist() for k, v in self.js.items()},
+                "mean_js": dict(self.mean_js), "scale_spread": self.scale_spread, "drivers": self.drivers,
+                "verdict": self.verdict, "verdict_rule": self.verdict_rule, "verdict_line": self.verdict_line,
+                "statistic": self.statistic, "statistics": self.statistics,
+                "flat_blocks": [f.to_dict() for f in self.flat], **self.extra,
             }
-        )
+        )  # fmt: skip
 
 
-#: Verdict thresholds (see :func:`analyze_heterogeneity`).
-SPREAD_DECADES_THRESHOLD = 3.0
-SHAPE_JS_THRESHOLD = 0.4
+def _ratio(decades: float) -> str:
+    return f"{10.0**decades:.3g}x"
 
 
-#: Blocks with fewer eigenvalues than this are left out of the JS matrices (a handful of eigenvalues
-#: is not a density); they still count in the scale spread.
-MIN_JS_DIM = 16
+def _against(value: float, limit: float) -> str:
+    """``value`` with enough decimals (2 or more) that the printed number compares with ``limit`` the way
+    the value does: never "0.80 < 0.80"."""
+    for digits in range(2, 12):
+        text = f"{value:.{digits}f}"
+        if (float(text) >= limit) == (value >= limit):
+            return text
+    return repr(value)
 
 
 def analyze_heterogeneity(
@@ -139,44 +147,85 @@ def analyze_heterogeneity(
     conventions: Sequence[JSConvention | str] = DEFAULT_CONVENTIONS,
     *,
     min_dim: int = MIN_JS_DIM,
+    statistic: str = DEFAULT_STATISTIC,
+    threshold: float | None = None,
+    dtype: str | None = None,
+    flat_tol: float | None = None,
+    bootstrap: int = 200,
+    seed: int = 0,
 ) -> HeterogeneityReport:
-    """JS matrices under each convention (a :class:`JSConvention` or a name in :data:`CONVENTIONS`), the
-    scale spread, group drivers and a verdict.
+    """Flat blocks (:func:`~hessian_spectra.analyses.heterogeneity.flat.find_flat`, relative to the model's
+    curvature scale, tolerance from ``dtype``) are set aside; on the rest: every scale statistic, the
+    verdict's ``statistic`` with a bootstrap over SLQ probes (``bootstrap`` resamples), JS matrices under
+    each convention (blocks of at least ``min_dim`` eigenvalues) and the drivers of each.
 
-    Verdict (a stated heuristic): ``heterogeneous`` when block lambda_max values span >= 3 decades
-    (curvature scales differ by >= 1000x) or the mean pairwise shape-only JS is >= 0.4 (block spectra
-    differ in shape), else ``homogeneous``; ``single block`` with fewer than two blocks.
+    Verdict: ``heterogeneous`` when the statistic is >= ``threshold`` (default :data:`THRESHOLDS`), else
+    ``homogeneous``; ``single block`` with fewer than two non-flat blocks.
     """
     everything = tuple(spectra)
     if not everything:
         raise ValueError("no block spectra given")
     conventions = tuple(get_convention(c) for c in conventions)
-    spread = scale_spread(everything)
-    spectra = tuple(s for s in everything if s.dim >= min_dim)
-    excluded = [s.name for s in everything if s.dim < min_dim]
-    if not spectra:
-        spectra, excluded = everything, []
-    js: dict[str, np.ndarray] = {}
-    mean: dict[str, float | None] = {}
-    drivers: dict[str, list[dict[str, Any]]] = {}
-    for conv in conventions:
-        _, dens = block_densities(spectra, conv)
-        js[conv.name] = js_matrix(dens)
-        mean[conv.name] = mean_offdiagonal(js[conv.name])
-        drivers[conv.name] = group_drivers(spectra, js[conv.name])
+    stat = get_statistic(statistic)
+    limit = THRESHOLDS.get(stat.name, 1.0) if threshold is None else float(threshold)
+    flat, scale, tol = find_flat(everything, dtype, tol=flat_tol)
+    flat_names = {f.name for f in flat}
+    live = tuple(s for s in everything if s.name not in flat_names)
+    values = {}
+    for name, st in STATISTICS.items():
+        values[name] = (
+            st.value(np.log10(block_scales(live, st.scale)), st.weights(live)) if len(live) >= 2 else None
+        )
+    boot = bootstrap_statistic(live, stat, samples=bootstrap, seed=seed) if len(live) >= 2 else {}
+    value = values.get(stat.name)
     rule = (
-        f"heterogeneous when block lambda_max spans >= {SPREAD_DECADES_THRESHOLD:g} decades or the mean "
-        f"pairwise '{SHAPE_ONLY.name}' JS distance is >= {SHAPE_JS_THRESHOLD:g}; else homogeneous"
+        f"heterogeneous when {stat.name} >= {limit:g} decades ({_ratio(limit)}), else homogeneous; {stat.name} = "
+        f"{stat.describe()}; flat blocks (spectral radius <= {tol:.3g} x the model's curvature scale) left out"
     )
-    decades = spread["lambda_max"]["decades"] or 0.0
-    shape = mean.get(SHAPE_ONLY.name) or 0.0
-    if len(everything) < 2:
+    if value is None:
         verdict = "single block"
+        line = f"single block: {len(live)} non-flat block(s), nothing to compare"
     else:
-        het = decades >= SPREAD_DECADES_THRESHOLD or shape >= SHAPE_JS_THRESHOLD
-        verdict = "heterogeneous" if het else "homogeneous"
+        verdict = "heterogeneous" if value >= limit else "homogeneous"
+        err = boot.get("stderr", 0.0)
+        what = "middle half" if stat.summary == "iqr" else "10-90% of the"
+        line = (
+            f"{verdict}: {stat.name} {_against(value, limit)} +- {err:.2g} decades {'>=' if value >= limit else '<'} {limit:g} "
+            f"(block curvature scales across the {what} {'parameters' if stat.weighting == 'parameters' else 'blocks'}"
+            f" span {_ratio(value)})"
+        )
+        if stat.summary == "below-max":
+            line = (
+                f"{verdict}: {stat.name} {_against(value, limit)} +- {err:.2g} decades {'>=' if value >= limit else '<'} "
+                f"{limit:g} (the typical parameter's block curvature is {_ratio(value)} below the sharpest block's)"
+            )
+        if err and abs(value - limit) < 2 * err:
+            line += "; borderline: within 2 standard errors of the threshold"
+        if flat:
+            line += f"; {len(flat)} flat block(s) left out"
+    js_set = tuple(s for s in live if s.dim >= min_dim) or live
+    js, mean, drivers = {}, {}, {}
+    for conv in conventions:
+        if len(js_set) >= 2:
+            js[conv.name] = js_matrix(block_densities(js_set, conv)[1])
+        else:
+            js[conv.name] = np.zeros((len(js_set), len(js_set)))
+        mean[conv.name] = mean_offdiagonal(js[conv.name])
+        drivers[conv.name] = group_drivers(js_set, js[conv.name])
+    drivers["statistic"] = statistic_drivers(live, stat, value) if value is not None else []
+    summary = {
+        **stat.to_dict(),
+        "value": value,
+        "threshold": limit,
+        **{k: v for k, v in boot.items() if k != "value"},
+    }
     return HeterogeneityReport(
-        blocks=spectra, conventions=tuple(conventions), js=js, mean_js=mean, scale_spread=spread,
-        drivers=drivers, verdict=verdict, verdict_rule=rule,
-        extra={"min_dim": min_dim, "excluded_from_js": excluded},
+        blocks=js_set, conventions=conventions, js=js, mean_js=mean, scale_spread=scale_spread(live),
+        drivers=drivers, verdict=verdict, verdict_rule=rule, verdict_line=line, statistic=summary,
+        statistics=values, flat=tuple(flat), all_blocks=everything,
+        extra={
+            "min_dim": min_dim, "model_scale": scale, "flat_tolerance": tol, "dtype": dtype,
+            "excluded_from_js": [s.name for s in everything if s.name not in {b.name for b in js_set}],
+            "num_exact_blocks": sum(s.source == "exact" for s in everything),
+        },
     )  # fmt: skip

@@ -70,7 +70,11 @@ def analyze_model(
         model, batches, loss, settings, blocks=choice.blocks, block_notes=choice.notes, progress=progress,
         on_estimate=on_estimate,
     )  # fmt: skip
-    het = analyze_heterogeneity(spectra_from_hessian(hess)) if hess.block_results else None
+    het = (
+        analyze_heterogeneity(spectra_from_hessian(hess), dtype=hess.dtype, seed=settings.seed)
+        if hess.block_results
+        else None
+    )
     structure = None
     if options.structure:
         from hessian_spectra.analyses.head_structure import attention_heads, head_structure

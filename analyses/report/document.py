@@ -9,10 +9,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hessian_spectra.analyses.heterogeneity.conventions import DRIVERS_CONVENTION
 from hessian_spectra.io import json_safe
 
-__all__ = ["SCHEMA_VERSION", "build_document", "findings", "block_rows", "load_schema", "validate_document"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "build_document",
+    "findings",
+    "heterogeneity_findings",
+    "block_rows",
+    "load_schema",
+    "validate_document",
+]
 
 SCHEMA_VERSION = "hessian-spectra/report/1"
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
@@ -71,32 +78,31 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
     hess = doc.get("hessian")
     if hess:
         lz = hess.get("lanczos")
-        if lz:
+        if lz and lz.get("method") == "exact":
+            out.append(
+                f"Hessian lambda_max {_g(lz['lambda_max'])}, lambda_min {_g(lz['lambda_min'])}, trace "
+                f"{_g(lz['trace'])} (exact: all {lz['dim']} eigenvalues from the dense Hessian, dim <= probes x steps)."
+            )
+        elif lz:
             out.append(
                 f"Hessian lambda_max {_g(lz['lambda_max'])}, lambda_min {_g(lz['lambda_min'])} "
                 f"(Lanczos, {lz['steps']} steps, converged: {lz['converged']})."
             )
         dens = hess.get("density")
-        if dens:
+        if dens and dens.get("method") != "exact":
             out.append(
                 f"Hessian trace {_g(dens['trace'])} +- {_g(dens['trace_stderr'], '.2g')} "
                 f"(SLQ, {dens['num_probes']} probes x {dens['steps']} steps)."
             )
         out.append(f"{hess['num_hvps']} Hessian-vector products in {_g(hess['seconds'], '.1f')} s.")
-    het = doc.get("heterogeneity")
-    if het:
-        spread = het["scale_spread"]["lambda_max"]
-        js = ", ".join(f"{k} {_g(v, '.3f')}" for k, v in het["mean_js"].items())
-        out.append(
-            f"Block heterogeneity: {het['verdict']} (block lambda_max spread {_g(spread['ratio'], '.3g')}x; "
-            f"mean pairwise JS distance: {js})."
-        )
-        drivers = het["drivers"].get(DRIVERS_CONVENTION) or []
-        top = [d for d in drivers if (d.get("contribution") or 0) > 0][:3]
-        if top:
+        blocks = hess.get("blocks") or []
+        exact = [b["name"] for b in blocks if b.get("method") == "exact"]
+        if blocks:
             out.append(
-                "Driven most by: " + ", ".join(f"{d['group']} ({d['num_blocks']} blocks)" for d in top) + "."
+                f"Block spectra: {len(exact)} of {len(blocks)} blocks exact (every eigenvalue from the block's "
+                f"columns, cheaper than their SLQ), {len(blocks) - len(exact)} estimated by block SLQ."
             )
+    out.extend(heterogeneity_findings(doc.get("heterogeneity")))
     st = doc.get("structure")
     if st and st.get("by_role"):
         parts = [
@@ -125,9 +131,46 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def heterogeneity_findings(het: Mapping[str, Any] | None) -> list[str]:
+    """The heterogeneity sentences: the verdict line (only the quantities that decided it), flat blocks
+    with their reasons, the groups that move the statistic most, and the JS distances as context."""
+    if not het:
+        return []
+    out = [f"Block heterogeneity: {het.get('verdict_line') or het['verdict']}."]
+    flat = het.get("flat_blocks") or []
+    if flat:
+        reasons: dict[str, list[str]] = {}
+        for f in flat:
+            reasons.setdefault(f["reason"].split(":")[0], []).append(f["name"])
+        parts = [
+            f"{len(v)} {k} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})" for k, v in reasons.items()
+        ]
+        out.append(
+            f"Flat blocks (Hessian zero up to {het.get('dtype') or 'float32'} rounding: spectral radius <= "
+            f"{_g(het.get('flat_tolerance'), '.2g')} x the model's curvature scale), left out of every spread, "
+            f"JS and driver: " + "; ".join(parts) + "."
+        )
+    stat = het.get("statistic") or {}
+    top = [d for d in (het.get("drivers") or {}).get("statistic", []) if (d.get("effect") or 0) > 0][:3]
+    if top:
+        out.append(
+            f"Groups that widen {stat.get('name', 'the statistic')} most (value without the group): "
+            + ", ".join(
+                f"{d['group']} ({_g(d['statistic_without'], '.2f')}, {d['num_blocks']} block(s))" for d in top
+            )
+            + "."
+        )
+    js = ", ".join(f"{k} {_g(v, '.3f')}" for k, v in het["mean_js"].items())
+    if js:
+        out.append(
+            f"Mean pairwise JS distance between block densities (context; conventions in the report): {js}."
+        )
+    return out
+
+
 def block_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per block: name, group, layer, dim, lambda_max, lambda_min, trace (from the heterogeneity section,
-    which also covers blocks left out of the JS matrices via the Hessian section)."""
+    """Per block: name, group, layer, dim, method (exact / slq), lambda_max, lambda_min, trace, and whether
+    it is flat and in the JS matrices (from the heterogeneity section, which lists every block)."""
     het = doc.get("heterogeneity") or {}
     meta = {b["name"]: b for b in het.get("blocks", [])}
     from hessian_spectra.analyses.heterogeneity.blocks import block_group, block_layer
@@ -139,8 +182,9 @@ def block_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
             {
                 "name": b["name"], "group": m.get("group") or block_group(b["name"]),
                 "layer": m.get("layer") if m else block_layer(b["name"]), "dim": b["dim"],
-                "lambda_max": b["lambda_max"], "lambda_min": b["lambda_min"], "trace": b["trace"],
-                "trace_stderr": b["trace_stderr"], "in_js": b["name"] in meta,
+                "method": b.get("method", "slq"), "lambda_max": b["lambda_max"], "lambda_min": b["lambda_min"],
+                "trace": b["trace"], "trace_stderr": b["trace_stderr"], "flat": bool(m.get("flat")),
+                "in_js": bool(m.get("in_js", b["name"] in meta)),
             }
         )  # fmt: skip
     return rows

@@ -22,15 +22,20 @@ def make_figures(hessian: Any, heterogeneity: Any, weights: Any) -> dict[str, by
             d.grid, d.values, top=() if lz is None else lz.top, bottom=() if lz is None else lz.bottom
         )
     if hessian is not None and hessian.block_results:
+        flat = {f.name for f in heterogeneity.flat} if heterogeneity is not None else set()
+        exact = set(hessian.exact_block_names)
         names, grids, dens = [], [], []
         for b, r in zip(hessian.blocks, hessian.block_results, strict=True):
             d = r.density(num_points=300)
-            names.append(b.name)
+            tag = " [flat]" if b.name in flat else (" [exact]" if b.name in exact else "")
+            names.append(b.name + tag)
             grids.append(d.grid)
             dens.append(d.values)
         figs["block_densities"] = plot_block_density_grid(
-            names, grids, dens, title="block spectral densities (SLQ, each on its own eigenvalue range)"
-        )
+            names, grids, dens,
+            title="block spectral densities, each on its own eigenvalue range ([exact]: every eigenvalue; "
+            "[flat]: zero up to rounding, left out; else block SLQ)",
+        )  # fmt: skip
         from hessian_spectra.analyses.heterogeneity.blocks import block_group, block_layer
 
         rows = [
@@ -59,7 +64,8 @@ def make_figures(hessian: Any, heterogeneity: Any, weights: Any) -> dict[str, by
 
 FIGURE_CAPTIONS = {
     "full_density": "Full-model Hessian spectral density (SLQ, log scale) with the Lanczos top and bottom eigenvalues marked.",
-    "block_densities": "Spectral density of every Hessian block (block-diagonal SLQ), each on its own eigenvalue range.",
+    "block_densities": "Spectral density of every Hessian block, each on its own eigenvalue range: exact blocks "
+    "from every eigenvalue, the rest by block SLQ; flat blocks (zero up to rounding) are marked.",
     "block_scales": "Block lambda_max and trace against depth, one series per block group.",
     "weights_depth": "Weight-spectrum metrics against depth, one line per tensor role.",
 }

@@ -1,5 +1,8 @@
 """The Hessian side of a report: full-model extreme eigenvalues (Lanczos), full-model density and trace
 (SLQ), and per-block densities, lambda_max and traces (block-diagonal SLQ with chains in lockstep).
+Where the exact answer is cheaper than the estimate it replaces it: a block of n <= probes x steps
+parameters gets every eigenvalue from its n columns (:mod:`hessian_spectra.curvature.block_exact`), and
+a model of dim <= probes x steps its whole dense spectrum (:mod:`hessian_spectra.krylov.exact`).
 
 :func:`estimate_cost` says how many HVPs a run will take before any is done; :func:`run_hessian` does
 the work and calls ``progress(done, total, label)`` with HVP counts as it goes.
@@ -14,11 +17,19 @@ from typing import Any
 
 import torch
 from hessian_spectra.curvature.block_builders import head_blocks, layer_blocks, parameter_blocks
+from hessian_spectra.curvature.block_exact import exact_block_spectra
 from hessian_spectra.curvature.block_operators import check_block
 from hessian_spectra.curvature.blocks import AnyBlock, Block
+from hessian_spectra.curvature.probe_cost import (
+    CostEstimate,
+    _Counted,
+    estimate_cost,
+    exact_block_mask,
+)
 from hessian_spectra.errors import InputError
 from hessian_spectra.io import json_safe
-from hessian_spectra.krylov.lanczos import default_max_steps, lanczos
+from hessian_spectra.krylov.exact import ExactSpectrum, dense_spectrum
+from hessian_spectra.krylov.lanczos import lanczos
 from hessian_spectra.krylov.result import LanczosResult
 from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
 from torch import nn
@@ -49,7 +60,9 @@ class HessianSettings:
     ``n_heads``), ``"layer"`` (one block per numbered layer, see :func:`hessian_spectra.curvature.block_builders.layer_blocks`) or
     ``"adam-mini"`` (the blocks of the Adam-mini partition, given to :func:`run_hessian` as ``blocks=``);
     ``max_blocks_per_tensor``: cap on the blocks one tensor contributes under ``"adam-mini"`` (None: all);
-    ``full``/``block``: which parts to run; ``vector_device``: where the flat Krylov vectors live (None: the
+    ``full``/``block``: which parts to run; ``exact``: compute a block's spectrum exactly from its n
+    Hessian columns when n <= ``block_probes`` x ``block_steps`` (cheaper than its SLQ), and the whole
+    model's when its dimension is <= ``probes`` x ``steps`` (replacing Lanczos and SLQ); ``vector_device``: where the flat Krylov vectors live (None: the
     first parameter's device; "cpu" when a model-parallel model's vectors would not fit on its GPU).
     """
 
@@ -66,6 +79,7 @@ class HessianSettings:
     params: tuple[str, ...] | None = None
     full: bool = True
     block: bool = True
+    exact: bool = True
     seed: int = 0
     mode: str = "auto"
     dtype: str | None = None
@@ -97,37 +111,6 @@ class HessianSettings:
         return json_safe(asdict(self))
 
 
-@dataclass(frozen=True)
-class CostEstimate:
-    """HVP counts before the run (upper bounds: Lanczos may stop early once converged).
-
-    A lockstep block step costs one graph build per batch (none when graphs are kept) plus one pruned
-    backward per block still running, a block of several tensors (:class:`~hessian_spectra.curvature.blocks.CompositeBlock`)
-    included; ``total_hvps`` and the progress bar count the step as one, and ``block_backwards`` (per
-    batch) bounds the pruned backwards, which dominate with many blocks. Block dims are block sizes
-    (the sum of a composite block's parts), so a chain runs ``min(block_steps, dim)`` steps.
-    """
-
-    dim: int
-    num_blocks: int
-    num_batches: int
-    lanczos_hvps: int
-    slq_hvps: int
-    block_lockstep_calls: int
-    block_backwards: int
-    total_hvps: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> str:
-        return (
-            f"up to {self.total_hvps} HVPs on {self.num_batches} batch(es), dim {self.dim}: Lanczos <= "
-            f"{self.lanczos_hvps}, full SLQ {self.slq_hvps}, block SLQ {self.block_lockstep_calls} lockstep "
-            f"steps over {self.num_blocks} blocks ({self.block_backwards} pruned block backwards per batch)"
-        )
-
-
 @dataclass(frozen=True, eq=False)
 class HessianReport:
     """Everything the Hessian probe measured; ``to_dict`` is JSON-safe (block nodes/weights included)."""
@@ -135,27 +118,42 @@ class HessianReport:
     settings: HessianSettings
     cost: CostEstimate
     dim: int
-    lanczos: LanczosResult | None
-    density: SLQResult | None
+    lanczos: LanczosResult | ExactSpectrum | None
+    density: SLQResult | ExactSpectrum | None
     blocks: tuple[AnyBlock, ...]
-    block_results: tuple[SLQResult, ...]
+    block_results: tuple[SLQResult | ExactSpectrum, ...]
     num_hvps: int
     seconds: float
     notes: tuple[str, ...] = field(default_factory=tuple)
     weighting: str = ""
     num_block_backwards: int = 0
+    #: the dtype the HVPs ran in (flat blocks are judged against its rounding)
+    dtype: str = ""
 
     def block_summary(self) -> list[dict[str, Any]]:
         """Per block: name, parameter (None for a block of several parameters; ``params`` lists them),
-        kind, dim, lambda_max/lambda_min (extreme Ritz values), trace +- stderr."""
+        kind, dim, ``method`` ("exact": every eigenvalue from the block's columns; "slq": estimated),
+        lambda_max/lambda_min (extreme eigenvalues or Ritz values), trace +- stderr."""
         return [
             {
                 "name": b.name, "param": b.param if isinstance(b, Block) else None, "params": list(b.params),
-                "kind": b.kind, "dim": r.dim, "lambda_max": r.ritz_max, "lambda_min": r.ritz_min,
-                "trace": r.trace, "trace_stderr": r.trace_stderr, "probes": r.num_probes, "steps": r.steps,
+                "kind": b.kind, "dim": r.dim, "method": "exact" if isinstance(r, ExactSpectrum) else "slq",
+                "lambda_max": r.ritz_max, "lambda_min": r.ritz_min, "trace": r.trace,
+                "trace_stderr": r.trace_stderr, "probes": r.num_probes, "steps": r.steps,
             }
             for b, r in zip(self.blocks, self.block_results, strict=True)
         ]  # fmt: skip
+
+    @property
+    def exact_full(self) -> bool:
+        """True when the full-model spectrum is exact (``lanczos`` and ``density`` are one ExactSpectrum)."""
+        return isinstance(self.density, ExactSpectrum)
+
+    @property
+    def exact_block_names(self) -> list[str]:
+        """Names of the blocks whose spectrum is exact (the rest are block SLQ estimates)."""
+        pairs = zip(self.blocks, self.block_results, strict=True)
+        return [b.name for b, r in pairs if isinstance(r, ExactSpectrum)]
 
     def to_dict(self) -> dict[str, Any]:
         density = None
@@ -164,11 +162,14 @@ class HessianReport:
             density = {**self.density.to_dict(), "grid": d.grid, "values": d.values, "sigma": d.sigma}
         return json_safe(
             {
+                "exact_full": self.exact_full,
+                "num_exact_blocks": len(self.exact_block_names),
                 "settings": self.settings.to_dict(),
                 "cost_estimate": self.cost.to_dict(),
                 "dim": self.dim,
                 "num_hvps": self.num_hvps,
                 "num_block_backwards": self.num_block_backwards,
+                "dtype": self.dtype,
                 "seconds": self.seconds,
                 "weighting": self.weighting,
                 "notes": list(self.notes),
@@ -241,48 +242,6 @@ def choose_blocks(operator: Any, settings: HessianSettings) -> list[AnyBlock]:
     return out
 
 
-def estimate_cost(
-    dim: int, num_batches: int, block_dims: Sequence[int], settings: HessianSettings
-) -> CostEstimate:
-    """HVP counts of a run with these sizes (no model needed; see :class:`CostEstimate`)."""
-    lz = sl = calls = backs = 0
-    if settings.full:
-        lz = int(settings.lanczos_steps or default_max_steps(dim, settings.top_k))
-        lz = min(lz, dim)
-        sl = settings.probes * min(settings.steps, dim)
-    if settings.block and block_dims:
-        calls = settings.block_probes * min(settings.block_steps, max(block_dims))
-        backs = sum(settings.block_probes * min(settings.block_steps, d) for d in block_dims)
-    return CostEstimate(
-        dim=dim, num_blocks=len(block_dims) if settings.block else 0, num_batches=num_batches,
-        lanczos_hvps=lz, slq_hvps=sl, block_lockstep_calls=calls, block_backwards=backs, total_hvps=lz + sl + calls,
-    )  # fmt: skip
-
-
-class _Counted:
-    """Wraps an operator so every matvec advances the progress callback."""
-
-    def __init__(self, op: Any, tick: Callable[[str], None], label: str):
-        self._op, self._tick, self._label = op, tick, label
-        for key in ("dim", "dtype", "device", "names", "dims"):
-            if hasattr(op, key):
-                setattr(self, key, getattr(op, key))
-
-    @property
-    def num_matvecs(self) -> int:
-        return self._op.num_matvecs
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        out = self._op.matvec(v)
-        self._tick(self._label)
-        return out
-
-    def matvec_many(self, vs: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
-        out = self._op.matvec_many(vs)
-        self._tick(self._label)
-        return out
-
-
 def run_hessian(
     model: nn.Module,
     batches: Any,
@@ -339,7 +298,9 @@ def run_hessian(
 
     start = time.perf_counter()
     lz = dens = None
-    if settings.full:
+    if cost.exact_full:
+        lz = dens = dense_spectrum(_Counted(op, tick, "exact Hessian"), top_k=settings.top_k)
+    elif settings.full:
         lz = lanczos(
             _Counted(op, tick, "Lanczos"), settings.top_k, which="both", max_steps=settings.lanczos_steps,
             seed=settings.seed,
@@ -347,15 +308,10 @@ def run_hessian(
         dens = slq(
             _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed
         )
-    results: list[SLQResult] = []
+    results: list[SLQResult | ExactSpectrum] = []
     backwards = 0
     if blocks:
-        bd = op.block_diagonal(blocks)
-        results = slq_lockstep(
-            _Counted(bd, tick, "block SLQ"), num_probes=settings.block_probes, steps=settings.block_steps,
-            seed=settings.seed,
-        )  # fmt: skip
-        backwards = bd.num_block_hvps
+        results, backwards = _block_spectra(op, blocks, settings, tick)
         zero = [
             b.name for b, r in zip(blocks, results, strict=True) if r.ritz_max == 0.0 and r.ritz_min == 0.0
         ]
@@ -369,5 +325,34 @@ def run_hessian(
     return HessianReport(
         settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
         block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes) + tuple(block_notes),
-        weighting=op.weighting, num_block_backwards=backwards,
+        weighting=op.weighting, num_block_backwards=backwards, dtype=str(op.dtype).replace("torch.", ""),
     )  # fmt: skip
+
+
+def _block_spectra(
+    op: Any, blocks: Sequence[AnyBlock], settings: HessianSettings, tick: Callable[..., None]
+) -> tuple[list[SLQResult | ExactSpectrum], int]:
+    """Exact spectra for the blocks :func:`exact_block_mask` picks, lockstep block SLQ for the rest (each
+    with the probes it would draw among all blocks); results in block order, and the backward count."""
+    mask = exact_block_mask([b.numel for b in blocks], settings)
+    results: list[SLQResult | ExactSpectrum | None] = [None] * len(blocks)
+    backwards = 0
+    est = [i for i, e in enumerate(mask) if not e]
+    if est:
+        bd = op.block_diagonal([blocks[i] for i in est])
+        out = slq_lockstep(
+            _Counted(bd, tick, "block SLQ"), num_probes=settings.block_probes, steps=settings.block_steps,
+            seed=settings.seed, indices=est,
+        )  # fmt: skip
+        for i, r in zip(est, out, strict=True):
+            results[i] = r
+        backwards += bd.num_block_hvps
+    exact = [i for i, e in enumerate(mask) if e]
+    if exact:
+        spectra, count = exact_block_spectra(
+            op, [blocks[i] for i in exact], progress=lambda n: tick("exact blocks")
+        )
+        for i, r in zip(exact, spectra, strict=True):
+            results[i] = r
+        backwards += count
+    return [r for r in results if r is not None], backwards

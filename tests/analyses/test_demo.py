@@ -29,9 +29,16 @@ def test_demo_reduced_end_to_end(tmp_path):
         validate_document(docs[name])
         assert docs[name]["demo"]["final_loss"] < docs[name]["demo"]["initial_loss"]
         assert docs[name]["hessian"]["num_hvps"] > 0
-    assert "gpt" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "gpt" in summary and "lambda_max spread" not in summary and "exact blocks" in summary
     verdicts = {n: d["heterogeneity"]["verdict"] for n, d in docs.items()}
     assert verdicts == {"gpt": "heterogeneous", "cnn": "homogeneous"}
+    for d in docs.values():  # the verdict's statistic, its uncertainty and which blocks were exact
+        stat = d["heterogeneity"]["statistic"]
+        assert stat["name"] == "sharpness-gap" and stat["stderr"] >= 0
+        assert (stat["value"] >= stat["threshold"]) == (d["heterogeneity"]["verdict"] == "heterogeneous")
+        assert f"{d['hessian']['num_exact_blocks']} of {len(d['hessian']['blocks'])}" in summary
+        assert d["heterogeneity"]["verdict_line"] in summary
     # the transformer's Q/K Hessian blocks are far more head-diagonal than a random partition
     qk = docs["gpt"]["structure"]["by_role"]["qk"]
     assert qk["share"] > qk["random_share"] + 0.2

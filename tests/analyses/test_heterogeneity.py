@@ -65,6 +65,7 @@ def test_densities_are_probability_vectors_and_conventions_named():
         "scales-kept-log",
         "scales-kept-relative",
         "paper",
+        "paper-scaled",
     }
     for conv in CONVENTIONS.values():
         grid, dens = block_densities(spectra, conv.name)

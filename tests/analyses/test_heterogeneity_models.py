@@ -53,8 +53,7 @@ def _gpt():
     )
 
 
-@pytest.fixture(scope="module")
-def at_init():
+def _models():
     gpt, tok = _gpt()
     torch.manual_seed(0)
     cnn = TinyCNN().double()
@@ -62,11 +61,15 @@ def at_init():
     torch.manual_seed(0)
     mlp = TinyMLP(inputs=16, hidden=16, depth=3).double()
     flat = [(x.double().flatten(1), y) for x, y in template_images(1, 16, 4, 4, 0)]
+    return {"gpt": (gpt, tok), "cnn": (cnn, images), "mlp": (mlp, flat)}
+
+
+@pytest.fixture(scope="module")
+def at_init():
     convs = tuple(CONVENTIONS.values())
     return {
-        "gpt": analyze_heterogeneity(_exact_blocks(gpt, tok), convs),
-        "cnn": analyze_heterogeneity(_exact_blocks(cnn, images), convs),
-        "mlp": analyze_heterogeneity(_exact_blocks(mlp, flat), convs),
+        k: analyze_heterogeneity(_exact_blocks(m, b), convs, dtype="float64")
+        for k, (m, b) in _models().items()
     }
 
 
@@ -117,6 +120,37 @@ def test_loss_scaled_by_1000_changes_paper_but_not_scales_kept(at_init):
     for name in base.js:
         diff = np.abs(scaled.js[name] - base.js[name]).max()
         assert (diff > 0.1) if name == "paper" else (diff < 1e-4), (name, diff)
+    # the scale statistics, the flat blocks and the verdict do not move either (measured <= 1e-13)
+    for name, value in base.statistics.items():
+        assert scaled.statistics[name] == pytest.approx(value, abs=1e-9), name
+    assert [f.name for f in scaled.flat] == [f.name for f in base.flat] and scaled.verdict == base.verdict
+
+
+@pytest.mark.parametrize("which", ["gpt", "cnn", "mlp"])
+def test_block_slq_statistics_within_003_of_exact(at_init, which):
+    """The scale statistics from block SLQ (exact path off, 4 probes x 16 steps, the suite's budget)
+    against the same statistics from the exact blocks (dense oracle): the verdict's sharpness-gap and the
+    other spectral-radius statistics within 0.03 decades (measured <= 4e-9: extreme Ritz values converge
+    first). ``rms-iqr`` is not held to it: it rests on a 4-probe Hutchinson estimate of tr(H_bb^2) and
+    measured 0.18 / 0.50 / 0.02 off, one reason it is not the verdict's statistic."""
+    from hessian_spectra.curvature.probe import HessianSettings, run_hessian
+
+    model, batches = _models()[which]
+    settings = HessianSettings(
+        full=False, block_probes=4, block_steps=16, seed=0, exact=False, dtype="float64"
+    )
+    est = analyze_heterogeneity(
+        spectra_from_hessian(run_hessian(model, batches, cross_entropy, settings)), ()
+    )
+    exact = at_init[which]
+    assert [b.name for b in est.all_blocks] == [b.name for b in exact.all_blocks]
+    assert all(b.source == "slq" for b in est.all_blocks) and all(
+        b.source == "exact" for b in exact.all_blocks
+    )
+    for name, value in exact.statistics.items():
+        if name != "rms-iqr":
+            assert abs(est.statistics[name] - value) <= 0.03, (name, est.statistics[name], value)
+    assert est.verdict == exact.verdict and est.statistic["name"] == "sharpness-gap"
 
 
 @pytest.mark.slow
@@ -128,7 +162,7 @@ def test_block_slq_js_matches_exact_on_tiny_transformer():
     gpt, tok = _gpt()
     convs = tuple(CONVENTIONS[n] for n in ("scales-kept", "shape-only", "scales-kept-relative"))
     exact = analyze_heterogeneity(_exact_blocks(gpt, tok), convs)
-    settings = HessianSettings(full=False, block_probes=24, block_steps=64, seed=0)
+    settings = HessianSettings(full=False, block_probes=24, block_steps=64, seed=0, exact=False)
     rep = run_hessian(gpt, tok, cross_entropy, settings)
     est = analyze_heterogeneity(spectra_from_hessian(rep), convs)
     assert est.names == exact.names

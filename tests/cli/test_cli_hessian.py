@@ -120,3 +120,32 @@ def test_hessian_needs_a_model(tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = run_cli(["hessian", "--out", str(out)], capsys)
     assert_clean_failure(code, err, "MODEL", out)
+
+
+def test_hessian_says_which_spectra_were_exact_and_prints_the_verdict(tmp_path, capsys):
+    """The tiny factory MLP (279 parameters) at the default budget: 279 <= 10 x 50, so the whole spectrum
+    is exact (279 HVPs, no Lanczos/SLQ), and so is every block; the terminal shows both and the verdict
+    line, report.md marks each block's method."""
+    factory = _factory(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["hessian", "--model-factory", f"{factory}:make", "--out", str(out)], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["hessian"]["exact_full"] and doc["hessian"]["num_hvps"] == 279 + 6
+    assert doc["hessian"]["lanczos"]["method"] == "exact" and doc["hessian"]["num_exact_blocks"] == 6
+    _, H = _exact_hessian_of_factory(factory)
+    assert doc["hessian"]["lanczos"]["lambda_max"] == pytest.approx(
+        float(torch.linalg.eigvalsh(H)[-1]), rel=1e-10
+    )
+    assert "exact: all 279 eigenvalues" in stdout and "Block spectra: 6 of 6 blocks exact" in stdout
+    line = doc["heterogeneity"]["verdict_line"]
+    assert line.startswith(doc["heterogeneity"]["verdict"]) and f"Block heterogeneity: {line}" in stdout
+    md = (out / "report.md").read_text()
+    assert "| method |" in md and md.count("| exact |") == 6 and line in md
+    # --no-exact: every spectrum estimated (the mixed case is tested on the probe, test_exact_spectra.py)
+    out2 = tmp_path / "out2"
+    code, _, err = run_cli(["hessian", "--model-factory", f"{factory}:make", "--out", str(out2), "--no-exact",
+                            "--block-probes", "2", "--block-steps", "4", *BUDGET], capsys)  # fmt: skip
+    doc = json.loads((out2 / "report.json").read_text())
+    assert code == 0 and {b["method"] for b in doc["hessian"]["blocks"]} == {"slq"}, err
+    assert not doc["hessian"]["exact_full"] and doc["hessian"]["lanczos"]["method"] == "lanczos"

@@ -17,7 +17,9 @@ def probed():
     case = get_case("mlp")
     case.model.train()  # the probe must run in eval mode and give the train flags back
     before = (model_state_hash(case.model), training_flags(case.model))
-    settings = HessianSettings(top_k=3, probes=12, steps=60, block_probes=12, block_steps=60, dtype="float64")
+    settings = HessianSettings(
+        top_k=3, probes=12, steps=60, block_probes=12, block_steps=60, dtype="float64", exact=False
+    )  # the estimators; the exact path is tested in test_exact_spectra.py
     seen = []
     report = run_hessian(
         case.model, case.batches, case.loss, settings, on_estimate=seen.append, progress=lambda *a: None
@@ -96,7 +98,7 @@ def test_layer_blocking_matches_exact_layer_blocks_and_cost_counts_them():
     case = get_case("mlp")
     H = case_hessian("mlp")
     settings = HessianSettings(
-        full=False, block_probes=6, block_steps=100, blocks="layer", dtype="float64", seed=3
+        full=False, block_probes=6, block_steps=100, blocks="layer", dtype="float64", seed=3, exact=False
     )
     report = run_hessian(case.model, case.batches, case.loss, settings)
     off = _offsets(case.model)
