@@ -12,7 +12,16 @@ from typing import Any
 from hessian_spectra.analyses.heterogeneity.conventions import DRIVERS_CONVENTION
 from hessian_spectra.io import json_safe
 
-__all__ = ["SCHEMA_VERSION", "build_document", "findings", "block_rows", "load_schema", "validate_document"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "build_document",
+    "findings",
+    "block_rows",
+    "ci_text",
+    "interval_words",
+    "load_schema",
+    "validate_document",
+]
 
 SCHEMA_VERSION = "hessian-spectra/report/1"
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
@@ -65,6 +74,27 @@ def _g(x: Any, fmt: str = ".4g") -> str:
     return format(x, fmt) if isinstance(x, int | float) else str(x)
 
 
+def ci_text(ci: Mapping[str, Any] | None) -> str:
+    """``estimate [ci_low, ci_high]`` of an interval dict (``exact`` intervals: the value alone)."""
+    if not ci:
+        return "-"
+    if ci.get("method") == "exact":
+        return f"{_g(ci['estimate'])} (exact)"
+    lo, hi = ci.get("ci_low"), ci.get("ci_high")
+    bounds = "unbounded" if lo is None or hi is None else f"{_g(lo)}, {_g(hi)}"
+    return f"{_g(ci['estimate'])} [{bounds}]"
+
+
+def interval_words(ci: Mapping[str, Any]) -> str:
+    """How an interval was made, in words: level, method, degrees of freedom, probes, estimator."""
+    level = f"{100 * float(ci['level']):g}% interval"
+    how = {"t": f"Student t, {ci.get('dof')} dof", "t-bound": "Student t on a variance bound (probes agreed)",
+           "certificate": "every probe agreed exactly", "bootstrap": "bootstrap over probes",
+           "exact": "exact", "unbounded": "no bound"}.get(ci["method"], ci["method"])  # fmt: skip
+    est = f", {ci['estimator']}" if ci.get("estimator") else ""
+    return f"{level}: {how}, {ci['probes']} probes{est}"
+
+
 def findings(doc: Mapping[str, Any]) -> list[str]:
     """A few plain sentences summarising the document (the same in report.md and report.html)."""
     out: list[str] = []
@@ -77,7 +107,13 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
                 f"(Lanczos, {lz['steps']} steps, converged: {lz['converged']})."
             )
         dens = hess.get("density")
-        if dens:
+        if dens and dens.get("trace_ci"):
+            ci = dens["trace_ci"]
+            out.append(
+                f"Hessian trace {ci_text(ci)} ({interval_words(ci)}; SLQ, {dens['num_probes']} probes x "
+                f"{dens['steps']} steps)."
+            )
+        elif dens:
             out.append(
                 f"Hessian trace {_g(dens['trace'])} +- {_g(dens['trace_stderr'], '.2g')} "
                 f"(SLQ, {dens['num_probes']} probes x {dens['steps']} steps)."
@@ -126,8 +162,9 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
 
 
 def block_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per block: name, group, layer, dim, lambda_max, lambda_min, trace (from the heterogeneity section,
-    which also covers blocks left out of the JS matrices via the Hessian section)."""
+    """Per block: name, group, layer, dim, lambda_max, lambda_min, trace, its interval (``trace_ci``) and the
+    density's mass below zero (``negative_mass``) (from the heterogeneity section, which also covers blocks
+    left out of the JS matrices via the Hessian section)."""
     het = doc.get("heterogeneity") or {}
     meta = {b["name"]: b for b in het.get("blocks", [])}
     from hessian_spectra.analyses.heterogeneity.blocks import block_group, block_layer
@@ -141,6 +178,7 @@ def block_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "layer": m.get("layer") if m else block_layer(b["name"]), "dim": b["dim"],
                 "lambda_max": b["lambda_max"], "lambda_min": b["lambda_min"], "trace": b["trace"],
                 "trace_stderr": b["trace_stderr"], "in_js": b["name"] in meta,
+                "trace_ci": b.get("trace_ci"), "negative_mass": b.get("negative_mass"),
             }
         )  # fmt: skip
     return rows

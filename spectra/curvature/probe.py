@@ -21,6 +21,7 @@ from hessian_spectra.io import json_safe
 from hessian_spectra.krylov.lanczos import default_max_steps, lanczos
 from hessian_spectra.krylov.result import LanczosResult
 from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
+from hessian_spectra.krylov.slq_stats import uncertainty_fields
 from torch import nn
 
 __all__ = [
@@ -50,7 +51,8 @@ class HessianSettings:
     ``"adam-mini"`` (the blocks of the Adam-mini partition, given to :func:`run_hessian` as ``blocks=``);
     ``max_blocks_per_tensor``: cap on the blocks one tensor contributes under ``"adam-mini"`` (None: all);
     ``full``/``block``: which parts to run; ``vector_device``: where the flat Krylov vectors live (None: the
-    first parameter's device; "cpu" when a model-parallel model's vectors would not fit on its GPU).
+    first parameter's device; "cpu" when a model-parallel model's vectors would not fit on its GPU);
+    ``confidence``: the level of every interval in the report (traces, spectral masses).
     """
 
     top_k: int = 5
@@ -69,6 +71,7 @@ class HessianSettings:
     seed: int = 0
     mode: str = "auto"
     dtype: str | None = None
+    confidence: float = 0.95
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the bad option."""
@@ -88,6 +91,8 @@ class HessianSettings:
                 "--max-blocks-per-tensor",
                 f"must be >= 1 (or unset for all), got {self.max_blocks_per_tensor}",
             )
+        if not (0.0 < float(self.confidence) < 1.0):
+            raise InputError("--confidence", f"must be between 0 and 1 (e.g. 0.95), got {self.confidence}")
         if self.dtype not in (None, "float32", "float64"):
             raise InputError("--dtype", f"must be float32 or float64, got {self.dtype!r}")
         if not (self.full or self.block):
@@ -147,12 +152,14 @@ class HessianReport:
 
     def block_summary(self) -> list[dict[str, Any]]:
         """Per block: name, parameter (None for a block of several parameters; ``params`` lists them),
-        kind, dim, lambda_max/lambda_min (extreme Ritz values), trace +- stderr."""
+        kind, dim, lambda_max/lambda_min (extreme Ritz values), trace +- stderr (plain SLQ mean) and the
+        uncertainty fields of :func:`hessian_spectra.krylov.slq_stats.uncertainty_fields`."""
         return [
             {
                 "name": b.name, "param": b.param if isinstance(b, Block) else None, "params": list(b.params),
                 "kind": b.kind, "dim": r.dim, "lambda_max": r.ritz_max, "lambda_min": r.ritz_min,
                 "trace": r.trace, "trace_stderr": r.trace_stderr, "probes": r.num_probes, "steps": r.steps,
+                **uncertainty_fields(r, self.settings.confidence),
             }
             for b, r in zip(self.blocks, self.block_results, strict=True)
         ]  # fmt: skip
@@ -161,7 +168,8 @@ class HessianReport:
         density = None
         if self.density is not None:
             d = self.density.density()
-            density = {**self.density.to_dict(), "grid": d.grid, "values": d.values, "sigma": d.sigma}
+            density = {**self.density.to_dict(), "grid": d.grid, "values": d.values, "sigma": d.sigma,
+                       **uncertainty_fields(self.density, self.settings.confidence)}  # fmt: skip
         return json_safe(
             {
                 "settings": self.settings.to_dict(),

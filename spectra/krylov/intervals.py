@@ -122,8 +122,14 @@ def t_interval(
     variance_bound: float | None = None,
     chance_agreement: float | None = None,
     estimator: str = "",
+    skew_guard: bool = False,
 ) -> Interval:
     """``offset + mean(samples)`` with a Student-t interval on ``len(samples) - 1`` dof.
+
+    ``skew_guard`` (for quadratic forms z^T C z): when every sample has the same sign, the interval is
+    widened to also cover the scaled chi-square law with moment-matched degrees of freedom (Satterthwaite:
+    nu = 2 n mean^2 / s^2), the law of a mean of quadratic forms of a low-rank semidefinite C, whose
+    right-skewed samples make the t interval too short (method ``t-skew`` when this widened it).
 
     ``offset`` is a part known exactly (Hutch++'s sketched trace). ``stderr`` is never below
     ``rounding`` (one sample's rounding). When the sample spread is at the rounding level (every probe
@@ -157,7 +163,25 @@ def t_interval(
     else:
         return _unbounded(est, n, lv, estimator)
     half = t_quantile(lv, dof) * se
-    return Interval(est, se, est - half, est + half, lv, n, method, dof, estimator)
+    lo, hi = est - half, est + half
+    if skew_guard and method == "t" and (bool(np.all(x > 0)) or bool(np.all(x < 0))):
+        a, b = _chi2_bounds(x, lv)
+        if a < lo - 1e-15 * abs(lo) or b > hi + 1e-15 * abs(hi):
+            lo, hi, method = min(lo, offset + a), max(hi, offset + b), "t-skew"
+    return Interval(est, se, lo, hi, lv, n, method, dof, estimator)
+
+
+def _chi2_bounds(x: np.ndarray, level: float) -> tuple[float, float]:
+    """Bounds for E[x] when n * mean / E[x] ~ chi2_nu / nu * n (Satterthwaite, nu = 2 n mean^2 / s^2),
+    for one-signed samples (negative ones mirrored)."""
+    from scipy.stats import chi2
+
+    sign = 1.0 if x[0] > 0 else -1.0
+    m = float(np.mean(sign * x))
+    nu = 2.0 * x.size * m * m / float(np.var(x, ddof=1))
+    tail = 0.5 * (1.0 - level)
+    lo, hi = nu * m / float(chi2.ppf(1.0 - tail, nu)), nu * m / float(chi2.ppf(tail, nu))
+    return (lo, hi) if sign > 0 else (-hi, -lo)
 
 
 def _expanded_alpha(level: float, n: int) -> float:

@@ -258,9 +258,12 @@ def slq(
     seed: int = 0,
     probe: Literal["rademacher", "gaussian"] = "rademacher",
     reorthogonalize: bool = True,
+    deflate_trace: bool = True,
 ) -> SLQResult:
     """SLQ with ``num_probes`` probes of ``steps`` Lanczos steps each (fewer when dim is smaller or a
-    probe's Krylov space closes, where the quadrature is exact). Probes come from ``seed`` in order."""
+    probe's Krylov space closes, where the quadrature is exact). Probes come from ``seed`` in order.
+    ``deflate_trace``: keep what the first probe's basis says about the others' trace samples
+    (:mod:`hessian_spectra.krylov.deflation`; needs ``reorthogonalize``; no extra matvec)."""
     _validate(num_probes, steps, probe)
     dim = int(op.dim)
     m = min(int(steps), dim)
@@ -269,7 +272,7 @@ def slq(
     defl = None
     for i in range(int(num_probes)):
         c = _new_chain(dim, op.dtype, op.device, _probe(dim, gen, probe), m, reorthogonalize)
-        state = gen.get_state() if i == 0 else None
+        state = gen.get_state() if i == 0 and deflate_trace else None
         while not c.done:
             c.push(op.matvec(c.vector()))
         if state is not None:  # the first probe's basis deflates the others' trace samples
@@ -288,11 +291,13 @@ def slq_lockstep(
     probe: Literal["rademacher", "gaussian"] = "rademacher",
     reorthogonalize: bool = True,
     indices: Sequence[int] | None = None,
+    deflate_trace: bool = True,
 ) -> list[SLQResult]:
     """SLQ on every block of ``mop`` with all blocks' chains advanced together (one ``matvec_many`` per
     step). Block ``b`` uses seed ``block_seed(seed, b)``: its result equals
     ``slq(block_b, seed=block_seed(seed, b))`` bit for bit, whatever other blocks are present.
-    ``indices[b]`` replaces ``b`` in the seed (a subset of a larger block list draws that list's probes)."""
+    ``indices[b]`` replaces ``b`` in the seed (a subset of a larger block list draws that list's probes);
+    ``deflate_trace`` as in :func:`slq`."""
     _validate(num_probes, steps, probe)
     dims = [int(d) for d in mop.dims]
     ms = [min(int(steps), d) for d in dims]
@@ -305,7 +310,7 @@ def slq_lockstep(
             _new_chain(d, mop.dtype, mop.device, _probe(d, g, probe), m, reorthogonalize)
             for d, g, m in zip(dims, gens, ms, strict=True)
         ]
-        states = [g.get_state() for g in gens] if i == 0 else None
+        states = [g.get_state() for g in gens] if i == 0 and deflate_trace else None
         while not all(c.done for c in chains):
             outs = mop.matvec_many([None if c.done else c.vector() for c in chains])
             for b, (c, out) in enumerate(zip(chains, outs, strict=True)):

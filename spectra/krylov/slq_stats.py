@@ -29,7 +29,14 @@ from hessian_spectra.krylov.intervals import (
 if TYPE_CHECKING:
     from hessian_spectra.krylov.slq import SLQResult
 
-__all__ = ["TRACE_METHODS", "trace_interval", "mass_below", "negative_share", "bootstrap"]
+__all__ = [
+    "TRACE_METHODS",
+    "trace_interval",
+    "mass_below",
+    "negative_share",
+    "bootstrap",
+    "uncertainty_fields",
+]
 
 #: ``auto``: exact when known, else deflated (when the first probe's basis was kept and >= 3 probes), else
 #: plain; ``plain``: the mean of n v^T A v over probes (the ``trace`` field); ``deflated``: see
@@ -68,12 +75,12 @@ def trace_interval(res: SLQResult, level: float = DEFAULT_LEVEL, method: str = "
         return t_interval(
             r, level=level, offset=defl.top, rounding=res.rounding, variance_bound=bound,
             chance_agreement=_chance_agreement(res.probe, r.size) if moments is not None else None,
-            estimator="slq-deflated",
+            estimator="slq-deflated", skew_guard=True,
         )  # fmt: skip
     return t_interval(
         samples, level=level, rounding=res.rounding,
         variance_bound=variance_bound(res.second_moments, float(samples.mean()), res.dim, res.eps),
-        chance_agreement=_chance_agreement(res.probe, n_p), estimator="slq",
+        chance_agreement=_chance_agreement(res.probe, n_p), estimator="slq", skew_guard=True,
     )  # fmt: skip
 
 
@@ -183,3 +190,14 @@ def bootstrap(
         data, lambda rows: statistic(rows[:, :m], rows[:, m:]), level=level, n_boot=n_boot, seed=seed,
         estimator="slq-bootstrap",
     )  # fmt: skip
+
+
+def uncertainty_fields(res: SLQResult, level: float = DEFAULT_LEVEL) -> dict[str, dict]:
+    """What a report states about one SLQ result: ``trace_ci`` (the trace with its ``level`` interval,
+    :func:`trace_interval`) and ``negative_mass`` (the reported smoothed density's mass below zero,
+    :func:`mass_below`); each an :class:`~hessian_spectra.krylov.intervals.Interval` dict (estimate, stderr,
+    ci_low, ci_high, level, probes, method, dof, estimator)."""
+    return {
+        "trace_ci": trace_interval(res, level).to_dict(),
+        "negative_mass": mass_below(res, 0.0, None, level).to_dict(),
+    }
