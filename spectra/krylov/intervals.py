@@ -88,17 +88,20 @@ def rounding_level(eps: float, probe_norm: float, image_norm: float) -> float:
     return ROUNDING_UNITS * float(eps) * float(probe_norm) * float(image_norm)
 
 
-def variance_bound(second: Any, mean: float, dim: int, eps: float, centred: bool = True) -> float | None:
+def variance_bound(
+    second: Any, mean: float, dim: int, eps: float, centred: bool = True, scale: float = 0.0
+) -> float | None:
     """An upper bound on the variance of one probe's z^T C z from per-probe ||C z||^2 (``second``, mean F2):
     2 (F2 - mean^2 / dim) for sign vectors and sphere-normalised Gaussians (``centred``), 2 F2 for plain
-    Gaussians. None without second moments; 0 when it is below the rounding of its own terms."""
+    Gaussians. None without second moments; 0 when it is below the rounding of the terms it came from
+    (``scale``: their size when ``second`` are differences, e.g. ||A z||^2 - ||Q^T A z||^2)."""
     if second is None:
         return None
     f = np.asarray(second, dtype=np.float64).ravel()
     if f.size == 0:
         return None
     bound = 2.0 * max(float(f.mean()) - (mean * mean / max(dim, 1) if centred else 0.0), 0.0)
-    return 0.0 if bound <= 64.0 * float(eps) * float(f.max()) else bound
+    return 0.0 if bound <= 64.0 * float(eps) * max(float(f.max()), float(scale)) else bound
 
 
 def exact_interval(

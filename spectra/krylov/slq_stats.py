@@ -66,21 +66,25 @@ def trace_interval(res: SLQResult, level: float = DEFAULT_LEVEL, method: str = "
             "a deflated trace needs the first probe's basis (reorthogonalize=True) and >= 3 probes"
         )
     samples = res.trace_samples
-    if method != "plain" and defl is not None and n_p >= 3:
-        r = defl.residuals(samples)
-        moments = defl.residual_moments(res.second_moments)
-        bound = variance_bound(
-            res.second_moments if moments is None else moments, float(r.mean()), res.dim, res.eps
-        )
-        return t_interval(
-            r, level=level, offset=defl.top, rounding=res.rounding, variance_bound=bound,
-            chance_agreement=_chance_agreement(res.probe, r.size) if moments is not None else None,
-            estimator="slq-deflated", skew_guard=True,
-        )  # fmt: skip
-    return t_interval(
+    plain = t_interval(
         samples, level=level, rounding=res.rounding,
         variance_bound=variance_bound(res.second_moments, float(samples.mean()), res.dim, res.eps),
         chance_agreement=_chance_agreement(res.probe, n_p), estimator="slq", skew_guard=True,
+    )  # fmt: skip
+    # every probe an eigenvector of one eigenvalue (A = c I on them): the plain samples are exact, while the
+    # residuals of projected probes (no longer sign vectors) are not, so deflating would only add noise
+    if method == "plain" or defl is None or n_p < 3 or (method == "auto" and plain.method == "certificate"):
+        return plain
+    r = defl.residuals(samples)
+    moments = defl.residual_moments(res.second_moments)
+    scale = float(np.max(res.second_moments)) if res.second_moments is not None else 0.0
+    bound = variance_bound(
+        res.second_moments if moments is None else moments, float(r.mean()), res.dim, res.eps, scale=scale
+    )
+    return t_interval(
+        r, level=level, offset=defl.top, rounding=res.rounding, variance_bound=bound,
+        chance_agreement=_chance_agreement(res.probe, r.size) if moments is not None else None,
+        estimator="slq-deflated", skew_guard=True,
     )  # fmt: skip
 
 
