@@ -88,7 +88,8 @@ def ci_text(ci: Mapping[str, Any] | None) -> str:
 def interval_words(ci: Mapping[str, Any]) -> str:
     """How an interval was made, in words: level, method, degrees of freedom, probes, estimator."""
     level = f"{100 * float(ci['level']):g}% interval"
-    how = {"t": f"Student t, {ci.get('dof')} dof", "t-bound": "Student t on a variance bound (probes agreed)",
+    how = {"t": f"Student t, {ci.get('dof')} dof", "t-skew": f"Student t, {ci.get('dof')} dof, widened for skew",
+           "t-bound": "Student t on a variance bound (probes agreed)",
            "certificate": "every probe agreed exactly", "bootstrap": "bootstrap over probes",
            "exact": "exact", "unbounded": "no bound"}.get(ci["method"], ci["method"])  # fmt: skip
     est = f", {ci['estimator']}" if ci.get("estimator") else ""

@@ -39,7 +39,7 @@ class Interval:
     """An estimate with a two-sided confidence interval at ``level`` from ``probes`` probes.
 
     ``method``: ``exact`` (zero width: an exact value), ``t`` (Student t on the probes' sample spread,
-    ``dof`` degrees of freedom), ``t-bound`` (Student t on a variance bound, used when every probe gave
+    ``dof`` degrees of freedom), ``t-skew`` (``t`` widened for one-signed skewed samples), ``t-bound`` (Student t on a variance bound, used when every probe gave
     the same value), ``certificate`` (every probe was annihilated / an eigenvector: width = rounding),
     ``bootstrap`` (expanded-percentile bootstrap over probes), ``unbounded`` (nothing can be said:
     infinite bounds). ``estimator`` names what produced the estimate (e.g. ``slq``, ``slq-deflated``).
