@@ -36,19 +36,21 @@ def _check(tally: Tally, stat: str, names, per_target: float = 0.85) -> None:
 
 
 def test_slq_intervals_cover_on_the_mlp_full_and_blocks():
-    """Full Hessian (419) and its weight blocks (80, 256, 48) at 5 probes x 10 steps, plus the output bias
-    (3 <= steps: the first probe's Krylov space is the block, so its values are exact)."""
+    """Full Hessian (419) and two weight blocks (80; 48 of rank <= 32) at 5 probes x 10 steps, plus the
+    output bias (3 <= steps: the first probe's Krylov space is the block, so its values are exact). The
+    plain interval is checked where it would be used (on a 3-parameter block its t interval over a
+    four-valued z^T A z covers 75%: such blocks are exact instead)."""
     full, blocks = case_targets("mlp")
-    blocks = [b for b in blocks if b.name in ("0.weight", "2.weight", "4.weight", "4.bias")]
+    blocks = [b for b in blocks if b.name in ("0.weight", "4.weight", "4.bias")]
     tally = slq_coverage(full, blocks, range(RUNS), probes=5, steps=10)
     names = ["full", *(b.name for b in blocks)]
     assert tally.runs("trace", names) == RUNS * len(names)
     _check(tally, "trace", ["full"])
     _check(tally, "trace", [b.name for b in blocks])
-    _check(tally, "trace-plain", names)
+    _check(tally, "trace-plain", ["full", "0.weight", "4.weight"])
     _check(tally, "mass<0", names)
     assert tally.exact_only("4.bias", "trace") and tally.exact_only("4.bias", "mass<0")
-    # deflation pays: the last layer's block (rank <= 32) is nearly captured by 10 Lanczos vectors
+    # deflation pays: the last layer's block is nearly captured by 10 Lanczos vectors
     assert tally.rmse("4.weight", "trace") < 0.5 * tally.rmse("4.weight", "trace-plain")
     assert tally.rmse("full", "trace") < tally.rmse("full", "trace-plain")
 
