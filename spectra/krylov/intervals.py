@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -77,9 +78,14 @@ def check_level(level: float) -> float:
 
 def t_quantile(level: float, dof: int) -> float:
     """The two-sided Student-t quantile t_{(1+level)/2, dof}."""
-    from scipy.stats import t
+    return _t_quantile(check_level(level), max(int(dof), 1))
 
-    return float(t.ppf(0.5 + 0.5 * check_level(level), max(int(dof), 1)))
+
+@lru_cache(maxsize=1024)
+def _t_quantile(level: float, dof: int) -> float:  # cached: a report asks for thousands of blocks
+    from scipy.special import stdtrit
+
+    return float(stdtrit(dof, 0.5 + 0.5 * level))
 
 
 def rounding_level(eps: float, probe_norm: float, image_norm: float) -> float:
@@ -177,23 +183,24 @@ def t_interval(
 def _chi2_bounds(x: np.ndarray, level: float) -> tuple[float, float]:
     """Bounds for E[x] when n * mean / E[x] ~ chi2_nu / nu * n (Satterthwaite, nu = 2 n mean^2 / s^2),
     for one-signed samples (negative ones mirrored)."""
-    from scipy.stats import chi2
+    from scipy.special import gammaincinv  # chi2 quantile(p, nu) = 2 gammaincinv(nu / 2, p); a fast ufunc
 
     sign = 1.0 if x[0] > 0 else -1.0
     m = float(np.mean(sign * x))
     nu = 2.0 * x.size * m * m / float(np.var(x, ddof=1))
     tail = 0.5 * (1.0 - level)
-    lo, hi = nu * m / float(chi2.ppf(1.0 - tail, nu)), nu * m / float(chi2.ppf(tail, nu))
+    lo = nu * m / (2.0 * float(gammaincinv(0.5 * nu, 1.0 - tail)))
+    hi = nu * m / (2.0 * float(gammaincinv(0.5 * nu, tail)))
     return (lo, hi) if sign > 0 else (-hi, -lo)
 
 
 def _expanded_alpha(level: float, n: int) -> float:
     """Hesterberg's expanded-percentile tail: Phi(-sqrt(n/(n-1)) t_{(1+level)/2, n-1}) per side; it makes
     the percentile interval of a mean as wide as the t interval (the plain one under-covers at small n)."""
-    from scipy.stats import norm
+    from scipy.special import ndtr
 
     z = math.sqrt(n / (n - 1)) * t_quantile(level, n - 1)
-    return float(norm.cdf(-z))
+    return float(ndtr(-z))
 
 
 def bootstrap_interval(

@@ -76,7 +76,7 @@ def tiny_architectures() -> dict:
                 image_size=8,
                 patch_size=4,
                 num_labels=3,
-            )  # fmt: skip
+            )
         ),
         "t5": t.T5ForConditionalGeneration(
             t.T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
