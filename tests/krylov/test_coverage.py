@@ -56,15 +56,25 @@ def test_slq_intervals_cover_on_the_mlp_full_and_blocks():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["cnn-bn", "sdpa-lm", "gpt2", "mlp"])
-@pytest.mark.parametrize(("probes", "steps", "probe"), [(10, 20, "rademacher"), (5, 20, "gaussian")])
+@pytest.mark.parametrize(
+    ("case", "probes", "steps", "probe"),
+    [
+        ("cnn-bn", 10, 20, "rademacher"),
+        ("sdpa-lm", 10, 20, "rademacher"),
+        ("gpt2", 10, 20, "rademacher"),
+        ("mlp", 5, 20, "gaussian"),
+        ("cnn-bn", 5, 20, "gaussian"),
+    ],
+)
 def test_slq_intervals_cover_on_the_zoo(case, probes, steps, probe):
+    """Blocks of >= 24 parameters; per-block floor 0.80 (bench/RESULTS.md: the worst block at 5 probes is
+    the CNN's rank-20 output layer, 86-89%)."""
     full, blocks = case_targets(case, min_dim=24)
     tally = slq_coverage(full, blocks, range(RUNS), probes=probes, steps=steps, probe=probe,
                          negative_share=probe == "rademacher")  # fmt: skip
     names = ["full", *(b.name for b in blocks)]
     _check(tally, "trace", ["full"])
-    _check(tally, "trace", [b.name for b in blocks], per_target=0.78)
+    _check(tally, "trace", [b.name for b in blocks], per_target=0.80)
     _check(tally, "mass<0", names)
     if probe == "rademacher":
         # a ratio of two means: bootstrap over probes; PSD blocks have share 0 and cover trivially
@@ -72,8 +82,9 @@ def test_slq_intervals_cover_on_the_zoo(case, probes, steps, probe):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["mlp", "sdpa-lm"])
+@pytest.mark.parametrize("case", ["mlp", "cnn-bn"])
 def test_trace_estimators_cover(case):
+    """Hutchinson, Hutch++ and auto at 30 matvecs on the full Hessian and blocks of >= 64 parameters."""
     full, blocks = case_targets(case, min_dim=64)
     for target in [full, *blocks]:
         hits = {"hutchinson": [], "hutch++": [], "auto": []}
