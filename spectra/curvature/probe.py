@@ -21,7 +21,7 @@ from hessian_spectra.io import json_safe
 from hessian_spectra.krylov.lanczos import default_max_steps, lanczos
 from hessian_spectra.krylov.result import LanczosResult
 from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
-from hessian_spectra.krylov.slq_stats import uncertainty_fields
+from hessian_spectra.krylov.slq_stats import density_band, uncertainty_fields
 from torch import nn
 
 __all__ = [
@@ -169,7 +169,8 @@ class HessianReport:
         if self.density is not None:
             d = self.density.density()
             density = {**self.density.to_dict(), "grid": d.grid, "values": d.values, "sigma": d.sigma,
-                       **uncertainty_fields(self.density, self.settings.confidence)}  # fmt: skip
+                       **uncertainty_fields(self.density, self.settings.confidence),
+                       "band": density_band(self.density, d, self.settings.confidence).to_dict()}  # fmt: skip
         return json_safe(
             {
                 "settings": self.settings.to_dict(),

@@ -119,6 +119,13 @@ class SLQResult:
         return Interval(1.0 - b.estimate, b.stderr, 1.0 - b.ci_high, 1.0 - b.ci_low, b.level, b.probes,
                         b.method, b.dof, b.estimator)  # fmt: skip
 
+    def density_band(self, level: float = DEFAULT_LEVEL, **density_kwargs: Any) -> Any:
+        """A pointwise ``level`` band around :meth:`density` (same keyword arguments), Student t over probes
+        (:func:`hessian_spectra.krylov.slq_stats.density_band`)."""
+        from hessian_spectra.krylov.slq_stats import density_band
+
+        return density_band(self, self.density(**density_kwargs), level)
+
     def negative_share(self, level: float = DEFAULT_LEVEL, *, n_boot: int = 2000, seed: int = 0) -> Interval:
         """Share of absolute curvature that is negative, bootstrapped over probes
         (:func:`hessian_spectra.krylov.slq_stats.negative_share`)."""

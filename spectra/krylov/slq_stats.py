@@ -13,23 +13,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+from hessian_spectra.io import json_safe
 from hessian_spectra.krylov.intervals import (
     DEFAULT_LEVEL,
     Interval,
     bootstrap_interval,
     exact_interval,
     t_interval,
+    t_quantile,
     variance_bound,
 )
 
 if TYPE_CHECKING:
+    from hessian_spectra.krylov.density import SpectralDensity
     from hessian_spectra.krylov.slq import SLQResult
 
 __all__ = [
+    "DensityBand",
+    "density_band",
     "TRACE_METHODS",
     "trace_interval",
     "mass_below",
@@ -205,3 +210,44 @@ def uncertainty_fields(res: SLQResult, level: float = DEFAULT_LEVEL) -> dict[str
         "trace_ci": trace_interval(res, level).to_dict(),
         "negative_mass": mass_below(res, 0.0, None, level).to_dict(),
     }
+
+
+@dataclass(frozen=True, eq=False)
+class DensityBand:
+    """A pointwise ``level`` band around a smoothed SLQ density: at each grid point the density is a mean
+    over probes of sum_i tau_i g_sigma(t - theta_i), so Student t on ``probes - 1`` dof (pointwise, not
+    simultaneous; ``low`` clipped at 0). ``method`` ``exact``: the eigenvalues are known, zero width."""
+
+    grid: np.ndarray
+    values: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    level: float
+    probes: int
+    method: str
+
+    def to_dict(self) -> dict:
+        return json_safe({"ci_low": self.low, "ci_high": self.high, "level": self.level, "probes": self.probes,
+                          "method": self.method, "pointwise": True})  # fmt: skip
+
+
+def density_band(res: SLQResult, density: SpectralDensity, level: float = DEFAULT_LEVEL) -> DensityBand:
+    """The pointwise band of ``density`` (one of ``res.density(...)``, same grid and kernel)."""
+    from hessian_spectra.krylov.density import kernel_mixture
+
+    ev = res.exact_eigenvalues()
+    if ev is not None:
+        exact = kernel_mixture(density.grid, ev, np.full(ev.size, 1.0 / ev.size), density.sigma, density.kind)
+        return DensityBand(density.grid, exact, exact, exact, level, res.num_probes, "exact")
+    per = np.stack([
+        kernel_mixture(density.grid, res.nodes[j], res.weights[j], density.sigma, density.kind)
+        for j in range(res.num_probes)
+    ])  # fmt: skip
+    mean = per.mean(axis=0)
+    if res.num_probes < 2:
+        inf = np.full_like(mean, np.inf)
+        return DensityBand(density.grid, mean, np.zeros_like(mean), inf, level, res.num_probes, "unbounded")
+    half = t_quantile(level, res.num_probes - 1) * per.std(axis=0, ddof=1) / math.sqrt(res.num_probes)
+    return DensityBand(
+        density.grid, mean, np.maximum(mean - half, 0.0), mean + half, level, res.num_probes, "t"
+    )
