@@ -108,6 +108,7 @@ def analyze(
     dtype: o.Dtype = None,
     seed: o.Seed = 0,
     exact: o.Exact = True,
+    confidence: o.Confidence = 0.95,
     device: o.Device = "auto",
     device_map: o.DeviceMap = None,
     quiet: o.Quiet = False,
@@ -120,6 +121,7 @@ def analyze(
     settings = o.hessian_settings(
         batches=batches, top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps,
         blocks=blocks, max_blocks_per_tensor=max_blocks_per_tensor, heads=heads, dtype=dtype, seed=seed, exact=exact,
+        confidence=confidence,
     )  # fmt: skip
     dev, device_map = o.resolve_placement(device, device_map)
     options = AnalyzeOptions(

@@ -44,6 +44,10 @@ MaxBlocks = Annotated[int, typer.Option("--max-blocks-per-tensor", help=MAX_BLOC
 Heads = Annotated[int | None, typer.Option("--heads", help="Attention heads (default: from the model).")]
 Dtype = Annotated[str | None, typer.Option("--dtype", help="float32 or float64 (default: model's).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of every random probe.")]
+Confidence = Annotated[
+    float,
+    typer.Option("--confidence", help="Level of every interval in the report (traces, spectral masses)."),
+]
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 DeviceMap = Annotated[str | None, typer.Option("--device-map", help=DEVICE_MAP_HELP)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
@@ -64,6 +68,7 @@ def max_blocks(value: int) -> int | None:
 def hessian_settings(
     *, batches: int, top_k: int, probes: int, steps: int, block_probes: int, block_steps: int, blocks: str,
     max_blocks_per_tensor: int, heads: int | None, dtype: str | None, seed: int, exact: bool = True,
+    confidence: float = 0.95,
 ):  # fmt: skip
     """The HessianSettings of a command line (checked: InputError naming the bad flag)."""
     from hessian_spectra.curvature.probe import HessianSettings
@@ -73,6 +78,7 @@ def hessian_settings(
     return HessianSettings(
         top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps, blocks=blocks,
         n_heads=heads, dtype=dtype, seed=seed, max_blocks_per_tensor=max_blocks(max_blocks_per_tensor), exact=exact,
+        confidence=confidence,
     )  # fmt: skip
 
 

@@ -8,11 +8,9 @@ from typing import Any, Literal
 
 import numpy as np
 from hessian_spectra.io import json_safe
+from hessian_spectra.weights.roles import GROUPS, block_group  # named at the source; re-exported
 
 __all__ = ["GROUPS", "BlockSpectrum", "block_group", "block_layer", "spectra_from_hessian"]
-
-#: Groups the drivers analysis reports (from :func:`hessian_spectra.weights.roles.tensor_role` and the block kind).
-GROUPS = ("qk", "v", "attn_out", "mlp", "embedding", "norm", "bias", "conv", "output", "other")
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,30 +111,6 @@ def block_layer(name: str) -> int | None:
         if part.isdigit():
             return int(part)
     return None
-
-
-def block_group(name: str) -> str:
-    """The block group (:data:`GROUPS`) a block name belongs to, via :func:`hessian_spectra.weights.roles.tensor_role`.
-
-    Head/part suffixes written by :mod:`hessian_spectra.curvature.block_builders` (``...q_proj.weight[head 0]``, ``:q``) are honoured:
-    a Q or K part of a fused QKV tensor is ``qk``, a V part ``v``.
-    """
-    from hessian_spectra.weights.roles import tensor_role
-
-    base = name.split("[")[0].split(":")[0].split("#")[0].split("@")[0].strip()
-    lowered = name.lower()
-    role = tensor_role(base)
-    if role == "qkv":
-        for tag, grp in ((":q", "qk"), (":k", "qk"), (":v", "v"), ("part q", "qk"), ("part k", "qk")):
-            if tag in lowered:
-                return grp
-        return "qk"
-    return {
-        "q": "qk", "k": "qk", "v": "v", "attn_out": "attn_out", "mlp_gate": "mlp", "mlp_up": "mlp",
-        "mlp_down": "mlp", "mlp_in": "mlp", "mlp_out": "mlp", "embedding": "embedding",
-        "position_embedding": "embedding", "lm_head": "output", "classifier": "output", "norm": "norm",
-        "bias": "bias", "conv": "conv",
-    }.get(role, "other")  # fmt: skip
 
 
 def spectra_from_hessian(report: Any) -> list[BlockSpectrum]:

@@ -213,7 +213,7 @@ def _bin_masses(edges: np.ndarray, x: np.ndarray, w: np.ndarray, sigma: float, w
 
 def _smooth(grid: np.ndarray, x: np.ndarray, w: np.ndarray, sigma: float) -> np.ndarray:
     """Sum of weighted Gaussians at ``x`` evaluated on ``grid`` (SLQ's kernel), as a probability vector."""
-    from hessian_spectra.krylov.slq import kernel_mixture
+    from hessian_spectra.krylov.density import kernel_mixture
 
     out = kernel_mixture(grid, x, w, sigma, "gaussian")
     total = out.sum()

@@ -214,14 +214,20 @@ def hessian_blocks(model: nn.Module, settings: Any) -> BlockChoice:
 
 def heads_config(model: nn.Module, n_heads: int | None = None) -> dict[str, int] | None:
     """A minimal config for the partition of a model without an HF config: the head count (``n_heads``,
-    else ``model.n_heads``/``num_heads``) and head_dim = rows of the first Q projection / heads."""
+    else ``model.n_heads``/``num_heads``) and head_dim = rows of the first Q projection / heads (or of the
+    first fused [Q | K | V] projection, e.g. ``nn.MultiheadAttention.in_proj_weight``, / 3 heads)."""
     from hessian_spectra.analyses.head_structure import attention_heads
     from hessian_spectra.weights.roles import tensor_role
 
     heads = n_heads or attention_heads(model)
     if not heads:
         return None
-    for name, p in model.named_parameters():
-        if tensor_role(name) == "q" and p.ndim == 2 and p.shape[0] % heads == 0:
-            return {"num_attention_heads": int(heads), "head_dim": int(p.shape[0] // heads)}
+    for parts in (1, 3):
+        for name, p in model.named_parameters():
+            if (
+                tensor_role(name) == ("q" if parts == 1 else "qkv")
+                and p.ndim == 2
+                and p.shape[0] % (parts * heads) == 0
+            ):
+                return {"num_attention_heads": int(heads), "head_dim": int(p.shape[0] // (parts * heads))}
     return None

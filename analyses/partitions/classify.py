@@ -33,7 +33,9 @@ _CLASSIFIER = frozenset({"classifier", "score", "qa_outputs"})
 _Q = frozenset({"q_proj", "query", "wq", "to_q", "q_lin", "q"})
 _K = frozenset({"k_proj", "key", "wk", "to_k", "k_lin", "k"})
 _V = frozenset({"v_proj", "value", "wv", "to_v", "v_lin", "v"})
-_QKV = frozenset({"c_attn", "qkv_proj", "qkv", "wqkv", "in_proj"})
+_QKV = frozenset({"c_attn", "qkv_proj", "qkv", "wqkv", "in_proj", "w_pack"})
+#: Fused QKV whose row layout depends on the architecture (per-head interleaved in GPT-NeoX / BLOOM).
+_QKV_BY_ARCH = frozenset({"query_key_value"})
 _ATTN_OUT = frozenset({"o_proj", "out_proj", "wo", "to_out", "out_lin", "o"})
 _MLP_GATE = frozenset({"gate_proj", "w1"})
 _MLP_UP = frozenset({"up_proj", "w3", "gate_up_proj"})
@@ -135,8 +137,14 @@ def classify(info: ParamInfo, arch: ArchInfo) -> tuple[str, BlockRule | None, st
     lay = "cols" if conv1d_module else "rows"
     hd = arch.head_dim
 
-    if ident in _QKV or (ident in ("c_attn",)):
+    if ident in _QKV or leaf == "in_proj_weight":  # nn.MultiheadAttention's raw in_proj_weight: [Q | K | V]
         return _fused_qkv(info, arch, n_rows, lay)
+    if ident in _QKV_BY_ARCH:
+        reason = (
+            f"fused QKV whose row layout depends on the architecture (model_type={arch.model_type!r}: per-head "
+            "interleaved in GPT-NeoX/BLOOM, grouped in Falcon): one value per output neuron, finer than per head"
+        )
+        return rows_rule("qkv", "per_row", reason)
     role = None
     if ident in _Q and (attn_ctx or ident != "q"):
         role = "q"

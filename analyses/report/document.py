@@ -17,6 +17,8 @@ __all__ = [
     "findings",
     "heterogeneity_findings",
     "block_rows",
+    "ci_text",
+    "interval_words",
     "load_schema",
     "validate_document",
 ]
@@ -72,6 +74,28 @@ def _g(x: Any, fmt: str = ".4g") -> str:
     return format(x, fmt) if isinstance(x, int | float) else str(x)
 
 
+def ci_text(ci: Mapping[str, Any] | None) -> str:
+    """``estimate [ci_low, ci_high]`` of an interval dict (``exact`` intervals: the value alone)."""
+    if not ci:
+        return "-"
+    if ci.get("method") == "exact":
+        return f"{_g(ci['estimate'])} (exact)"
+    lo, hi = ci.get("ci_low"), ci.get("ci_high")
+    bounds = "unbounded" if lo is None or hi is None else f"{_g(lo)}, {_g(hi)}"
+    return f"{_g(ci['estimate'])} [{bounds}]"
+
+
+def interval_words(ci: Mapping[str, Any]) -> str:
+    """How an interval was made, in words: level, method, degrees of freedom, probes, estimator."""
+    level = f"{100 * float(ci['level']):g}% interval"
+    how = {"t": f"Student t, {ci.get('dof')} dof", "t-skew": f"Student t, {ci.get('dof')} dof, widened for skew",
+           "t-bound": "Student t on a variance bound (probes agreed)",
+           "certificate": "every probe agreed exactly", "bootstrap": "bootstrap over probes",
+           "exact": "exact", "unbounded": "no bound"}.get(ci["method"], ci["method"])  # fmt: skip
+    est = f", {ci['estimator']}" if ci.get("estimator") else ""
+    return f"{level}: {how}, {ci['probes']} probes{est}"
+
+
 def findings(doc: Mapping[str, Any]) -> list[str]:
     """A few plain sentences summarising the document (the same in report.md and report.html)."""
     out: list[str] = []
@@ -89,7 +113,14 @@ def findings(doc: Mapping[str, Any]) -> list[str]:
                 f"(Lanczos, {lz['steps']} steps, converged: {lz['converged']})."
             )
         dens = hess.get("density")
-        if dens and dens.get("method") != "exact":
+        estimated = bool(dens) and dens.get("method") != "exact"
+        if estimated and dens.get("trace_ci"):
+            ci = dens["trace_ci"]
+            out.append(
+                f"Hessian trace {ci_text(ci)} ({interval_words(ci)}; SLQ, {dens['num_probes']} probes x "
+                f"{dens['steps']} steps)."
+            )
+        elif estimated:
             out.append(
                 f"Hessian trace {_g(dens['trace'])} +- {_g(dens['trace_stderr'], '.2g')} "
                 f"(SLQ, {dens['num_probes']} probes x {dens['steps']} steps)."
@@ -169,8 +200,9 @@ def heterogeneity_findings(het: Mapping[str, Any] | None) -> list[str]:
 
 
 def block_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per block: name, group, layer, dim, method (exact / slq), lambda_max, lambda_min, trace, and whether
-    it is flat and in the JS matrices (from the heterogeneity section, which lists every block)."""
+    """Per block: name, group, layer, dim, method (exact / slq), lambda_max, lambda_min, trace, its interval
+    (``trace_ci``), the density's mass below zero (``negative_mass``) and whether it is flat and in the JS
+    matrices (from the heterogeneity section, which lists every block)."""
     het = doc.get("heterogeneity") or {}
     meta = {b["name"]: b for b in het.get("blocks", [])}
     from hessian_spectra.analyses.heterogeneity.blocks import block_group, block_layer
@@ -185,6 +217,7 @@ def block_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "method": b.get("method", "slq"), "lambda_max": b["lambda_max"], "lambda_min": b["lambda_min"],
                 "trace": b["trace"], "trace_stderr": b["trace_stderr"], "flat": bool(m.get("flat")),
                 "in_js": bool(m.get("in_js", b["name"] in meta)),
+                "trace_ci": b.get("trace_ci"), "negative_mass": b.get("negative_mass"),
             }
         )  # fmt: skip
     return rows

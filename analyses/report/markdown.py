@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hessian_spectra.analyses.report.document import _g, block_rows
+from hessian_spectra.analyses.report.document import _g, block_rows, ci_text
 
 __all__ = ["render_markdown"]
 
@@ -25,20 +25,28 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list[str], list[tuple[l
     if doc.get("hessian"):
         rows = [
             [f"`{r['name']}`", r["group"], r["layer"] if r["layer"] is not None else "-", r["dim"], r["method"],
-             r["lambda_max"], r["lambda_min"], r["trace"], "flat" if r["flat"] else ("yes" if r["in_js"] else "no")]
+             r["lambda_max"], r["lambda_min"], ci_text(r["trace_ci"]) if r.get("trace_ci") else r["trace"],
+             ci_text(r.get("negative_mass")), "flat" if r["flat"] else ("yes" if r["in_js"] else "no")]
             for r in block_rows(doc)
         ]  # fmt: skip
-        blocking = (doc["hessian"].get("settings") or {}).get("blocks", "tensor")
+        settings = doc["hessian"].get("settings") or {}
+        blocking = settings.get("blocks", "tensor")
+        level = f"{100 * float(settings.get('confidence', 0.95)):g}%"
         paras = [
             f"Blocks: `{blocking}` ({len(doc['hessian']['blocks'])} blocks). Cost estimate: "
             f"{doc['hessian']['cost_estimate']['total_hvps']} HVPs (upper bound). `exact`: every eigenvalue of the "
-            "block from its columns (blocks of at most probes x steps parameters); `slq`: block SLQ estimate."
+            "block from its columns (blocks of at most probes x steps parameters); `slq`: block SLQ estimate.",
+            f"Traces: estimate [{level} interval] over the block's probes (Student t; Krylov-deflated SLQ: "
+            "the first probe's Lanczos basis is summed exactly and the others estimate the rest; zero width when "
+            "the spectrum is exact or the first probe's Krylov space spanned the block). Mass < 0: the fraction "
+            "of the block's smoothed density (the one plotted) below zero, with its interval.",
         ]
         if doc["hessian"].get("notes"):
             paras += [f"Note: {n}" for n in doc["hessian"]["notes"]]
         out.append(
             ("Hessian blocks", paras,
-             [(["block", "group", "layer", "dim", "method", "lambda_max", "lambda_min", "trace", "in JS"], rows)]),
+             [(["block", "group", "layer", "dim", "method", "lambda_max", "lambda_min", f"trace [{level} CI]",
+                "mass < 0", "in JS"], rows)]),
         )  # fmt: skip
     if het:
         out.append(("Block heterogeneity", *_heterogeneity_section(het)))

@@ -32,6 +32,7 @@ from hessian_spectra.krylov.exact import ExactSpectrum, dense_spectrum
 from hessian_spectra.krylov.lanczos import lanczos
 from hessian_spectra.krylov.result import LanczosResult
 from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
+from hessian_spectra.krylov.slq_stats import density_band, uncertainty_fields
 from torch import nn
 
 __all__ = [
@@ -62,8 +63,10 @@ class HessianSettings:
     ``max_blocks_per_tensor``: cap on the blocks one tensor contributes under ``"adam-mini"`` (None: all);
     ``full``/``block``: which parts to run; ``exact``: compute a block's spectrum exactly from its n
     Hessian columns when n <= ``block_probes`` x ``block_steps`` (cheaper than its SLQ), and the whole
-    model's when its dimension is <= ``probes`` x ``steps`` (replacing Lanczos and SLQ); ``vector_device``: where the flat Krylov vectors live (None: the
-    first parameter's device; "cpu" when a model-parallel model's vectors would not fit on its GPU).
+    model's when its dimension is <= ``probes`` x ``steps`` (replacing Lanczos and SLQ); ``vector_device``:
+    where the flat Krylov vectors live (None: the first parameter's device; "cpu" when a model-parallel
+    model's vectors would not fit on its GPU); ``confidence``: the level of every interval in the report
+    (traces, spectral masses).
     """
 
     top_k: int = 5
@@ -83,6 +86,7 @@ class HessianSettings:
     seed: int = 0
     mode: str = "auto"
     dtype: str | None = None
+    confidence: float = 0.95
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the bad option."""
@@ -102,6 +106,8 @@ class HessianSettings:
                 "--max-blocks-per-tensor",
                 f"must be >= 1 (or unset for all), got {self.max_blocks_per_tensor}",
             )
+        if not (0.0 < float(self.confidence) < 1.0):
+            raise InputError("--confidence", f"must be between 0 and 1 (e.g. 0.95), got {self.confidence}")
         if self.dtype not in (None, "float32", "float64"):
             raise InputError("--dtype", f"must be float32 or float64, got {self.dtype!r}")
         if not (self.full or self.block):
@@ -133,13 +139,16 @@ class HessianReport:
     def block_summary(self) -> list[dict[str, Any]]:
         """Per block: name, parameter (None for a block of several parameters; ``params`` lists them),
         kind, dim, ``method`` ("exact": every eigenvalue from the block's columns; "slq": estimated),
-        lambda_max/lambda_min (extreme eigenvalues or Ritz values), trace +- stderr."""
+        lambda_max/lambda_min (extreme eigenvalues or Ritz values), trace +- stderr (plain SLQ mean) and the
+        uncertainty fields of :func:`hessian_spectra.krylov.slq_stats.uncertainty_fields` (zero width when
+        exact)."""
         return [
             {
                 "name": b.name, "param": b.param if isinstance(b, Block) else None, "params": list(b.params),
                 "kind": b.kind, "dim": r.dim, "method": "exact" if isinstance(r, ExactSpectrum) else "slq",
                 "lambda_max": r.ritz_max, "lambda_min": r.ritz_min, "trace": r.trace,
                 "trace_stderr": r.trace_stderr, "probes": r.num_probes, "steps": r.steps,
+                **uncertainty_fields(r, self.settings.confidence),
             }
             for b, r in zip(self.blocks, self.block_results, strict=True)
         ]  # fmt: skip
@@ -159,7 +168,9 @@ class HessianReport:
         density = None
         if self.density is not None:
             d = self.density.density()
-            density = {**self.density.to_dict(), "grid": d.grid, "values": d.values, "sigma": d.sigma}
+            density = {**self.density.to_dict(), "grid": d.grid, "values": d.values, "sigma": d.sigma,
+                       **uncertainty_fields(self.density, self.settings.confidence),
+                       "band": density_band(self.density, d, self.settings.confidence).to_dict()}  # fmt: skip
         return json_safe(
             {
                 "exact_full": self.exact_full,

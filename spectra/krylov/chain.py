@@ -353,6 +353,22 @@ class _Chain:
         new[j + 1] = 1.0
         return new
 
+    def coefficients(self, z: torch.Tensor) -> tuple[np.ndarray, float]:
+        """(Q^T z, (beta_m q_{m+1})^T z) in float64 for a finished chain that kept its basis: what the Krylov
+        deflation of a trace needs (A Q = Q T + beta_m q_{m+1} e_m^T; the second term is 0 when the Krylov
+        space is invariant). Blocked float64 sums as in the recurrence; no dim-sized float64 copy."""
+        if self._ring or self._released:
+            raise RuntimeError("coefficients need the basis of an unreleased chain (reorthogonalize=True)")
+        x = z.detach().reshape(-1).to(device=self.device, dtype=self.store_dtype)
+        n = self.steps
+        vals = [self._dot(self._slot(i), x) for i in range(n)]
+        tail = not self.exhausted and n < self.dim and n == self.max_steps
+        if tail:  # the unnormalised next vector w = beta_m q_{m+1} sits in row n (see _push)
+            vals.append(self._dot(self._slot(n), x))
+        out = torch.stack(vals).tolist() if vals else []
+        c = np.asarray(out[:n], dtype=np.float64)
+        return c, float(out[n]) if tail else 0.0
+
     def tridiagonal(self) -> tuple[np.ndarray, np.ndarray]:
         """(alphas, off-diagonal betas) of T_m, float64."""
         a = np.asarray(self.alphas, dtype=np.float64)

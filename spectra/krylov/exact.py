@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from hessian_spectra.io import json_safe
 from hessian_spectra.krylov.linop import LinearOperator
-from hessian_spectra.krylov.slq import GRID_MARGIN_SIGMAS, SpectralDensity, kernel_mixture
+from hessian_spectra.krylov.density import GRID_MARGIN_SIGMAS, SpectralDensity, kernel_mixture
 
 __all__ = ["ExactSpectrum", "dense_matrix", "dense_spectrum", "symmetric_eigvalsh"]
 
@@ -125,15 +125,25 @@ class ExactSpectrum:
     def ritz_min(self) -> float:
         return float(self.eigenvalues[0])
 
+    # what the interval functions of hessian_spectra.krylov.slq_stats read: every answer exact, zero width
+    exact = True
+    deflation = None
+
+    def exact_eigenvalues(self) -> np.ndarray:
+        """Every eigenvalue (a copy), as :meth:`SLQResult.exact_eigenvalues` gives them when known."""
+        return self.eigenvalues.copy()
+
+    def density_sigma(self) -> float:
+        """The default kernel width of :meth:`density`: 1% of the eigenvalue range."""
+        span = self.ritz_max - self.ritz_min
+        return 0.01 * (span if span > 0 else max(abs(self.ritz_max), 1e-12))
+
     def density(
         self, grid: np.ndarray | Sequence[float] | None = None, *, sigma: float | None = None,
         num_points: int = 1000, kind: str = "gaussian",
     ) -> SpectralDensity:  # fmt: skip
-        """Gaussian-smoothed density of the eigenvalues; ``sigma`` defaults to 1% of their range."""
-        span = self.ritz_max - self.ritz_min
-        if sigma is None:
-            sigma = 0.01 * (span if span > 0 else max(abs(self.ritz_max), 1e-12))
-        sigma = float(sigma)
+        """Gaussian-smoothed density of the eigenvalues; ``sigma`` defaults to :meth:`density_sigma`."""
+        sigma = self.density_sigma() if sigma is None else float(sigma)
         if grid is None:
             pad = GRID_MARGIN_SIGMAS * sigma
             grid = np.linspace(self.ritz_min - pad, self.ritz_max + pad, int(num_points))

@@ -18,112 +18,34 @@ import torch
 from hessian_spectra.io import json_safe
 from hessian_spectra.krylov.chain import _Chain
 from hessian_spectra.krylov.convergence import _eig_tridiagonal
+from hessian_spectra.krylov.deflation import Deflation, deflate
+from hessian_spectra.krylov.density import (  # noqa: F401  (re-exported: the density API lived here)
+    DEFAULT_SIGMA_FRACTION,
+    GRID_MARGIN_SIGMAS,
+    Kind,
+    SpectralDensity,
+    default_sigma_fraction,
+    density_l1,
+    exact_density,
+    kernel_mixture,
+)
+from hessian_spectra.krylov.intervals import DEFAULT_LEVEL, Interval, rounding_level
 from hessian_spectra.krylov.lanczos import _block_ids, block_seed
 from hessian_spectra.krylov.linop import LinearOperator, MultiOperator
 from hessian_spectra.krylov.trace import draw_probes
-
-#: Default kernel width: this fraction of the range of the Ritz values seen (the spread of the nodes), or
-#: half the mean node spacing of an m-node quadrature, 1/(2m) of the range, when that is wider: a narrower
-#: kernel draws the quadrature nodes, not the spectrum (measured on the tiny-MLP Hessian, 10 probes,
-#: median L1 to the exact density over 10 seeds: m = 30 gives 0.085 at 1% and 0.040 at 1.5%; m = 20 gives
-#: 0.28 at 1%, 0.037 at 2%).
-DEFAULT_SIGMA_FRACTION = 0.01
-
-
-def default_sigma_fraction(steps: int) -> float:
-    """The default kernel width of an SLQ density with ``steps`` Lanczos steps, as a fraction of the range."""
-    return max(DEFAULT_SIGMA_FRACTION, 1.0 / (2.0 * max(int(steps), 1)))
-
-
-#: Default grid: ``num_points`` points spanning the nodes plus this many sigmas on each side.
-GRID_MARGIN_SIGMAS = 6.0
-
-Kind = Literal["gaussian"]
-
-
-@dataclass(frozen=True, eq=False)
-class SpectralDensity:
-    """A smoothed spectral density on a grid: ``values`` integrate to ~1 (exactly 1 on the real line;
-    the default grid loses < 1e-8 of the mass); ``counts`` = values * dim (eigenvalues per unit)."""
-
-    grid: np.ndarray
-    values: np.ndarray
-    sigma: float
-    kind: str
-    dim: int | None = None
-
-    @property
-    def counts(self) -> np.ndarray:
-        if self.dim is None:
-            raise ValueError("counts need the operator dimension (dim is None)")
-        return self.values * self.dim
-
-    def integral(self) -> float:
-        """Trapezoid integral of ``values`` over ``grid``."""
-        return float(np.trapezoid(self.values, self.grid))
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe(
-            {
-                "kind": self.kind,
-                "sigma": self.sigma,
-                "dim": self.dim,
-                "grid": self.grid,
-                "values": self.values,
-            }
-        )
-
-
-def kernel_mixture(
-    grid: np.ndarray, nodes: np.ndarray, weights: np.ndarray, sigma: float, kind: str
-) -> np.ndarray:
-    """sum_j weights_j g_sigma(grid - nodes_j), evaluated in chunks of the grid."""
-    if kind != "gaussian":
-        raise ValueError(f"kind must be 'gaussian', got {kind!r}")
-    if not (sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma}")
-    nodes = np.asarray(nodes, dtype=np.float64).ravel()
-    weights = np.asarray(weights, dtype=np.float64).ravel()
-    keep = weights != 0
-    nodes, weights = nodes[keep], weights[keep]
-    out = np.zeros(grid.shape, dtype=np.float64)
-    step = max(1, (1 << 22) // max(nodes.size, 1))
-    norm = 1.0 / (sigma * math.sqrt(2.0 * math.pi))
-    for start in range(0, grid.size, step):
-        g = grid[start : start + step, None]
-        out[start : start + step] = (np.exp(-0.5 * ((g - nodes[None, :]) / sigma) ** 2) @ weights) * norm
-    return out
-
-
-def exact_density(
-    eigenvalues: np.ndarray | Sequence[float] | torch.Tensor,
-    grid: np.ndarray | Sequence[float],
-    sigma: float,
-    kind: Kind = "gaussian",
-) -> SpectralDensity:
-    """The density (1/n) sum_j g_sigma(t - lambda_j) of known eigenvalues, with SLQ's kernel."""
-    if isinstance(eigenvalues, torch.Tensor):
-        eigenvalues = eigenvalues.detach().cpu().to(torch.float64).numpy()
-    lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
-    grid = np.asarray(grid, dtype=np.float64)
-    w = np.full(lam.size, 1.0 / lam.size)
-    return SpectralDensity(
-        grid, kernel_mixture(grid, lam, w, float(sigma), kind), float(sigma), kind, lam.size
-    )
-
-
-def density_l1(a: SpectralDensity, b: SpectralDensity) -> float:
-    """Integral of |p - q| (trapezoid) for two densities on the same grid; 0 = equal, 2 = disjoint."""
-    if a.grid.shape != b.grid.shape or not np.allclose(a.grid, b.grid, rtol=0, atol=0):
-        raise ValueError("density_l1 needs both densities on the same grid")
-    return float(np.trapezoid(np.abs(a.values - b.values), a.grid))
 
 
 @dataclass(frozen=True, eq=False)
 class SLQResult:
     """Quadrature nodes/weights of every probe (rows; padded with weight 0 where a probe's Krylov space
     closed early, see ``steps_taken``), the trace estimate dim * mean_v sum_i tau_i theta_i with its
-    standard error across probes, and the extreme Ritz values seen."""
+    standard error across probes, and the extreme Ritz values seen.
+
+    For the uncertainty (:mod:`hessian_spectra.krylov.slq_stats`): ``second_moments`` (per probe
+    dim ||A v||^2, unbiased for ||A||_F^2), ``deflation`` (the first probe's Krylov space as a sketch of
+    the trace), ``eps`` (unit roundoff of the operator dtype) and ``exact`` (nodes/weights are the exact
+    spectrum, e.g. from a dense eigendecomposition: zero-width intervals).
+    """
 
     nodes: np.ndarray
     weights: np.ndarray
@@ -140,6 +62,76 @@ class SLQResult:
     ritz_min: float
     ritz_max: float
     name: str | None = None
+    second_moments: np.ndarray | None = None
+    deflation: Deflation | None = None
+    eps: float = 0.0
+    exact: bool = False
+
+    @property
+    def trace_samples(self) -> np.ndarray:
+        """Per-probe trace samples dim * sum_i tau_i theta_i (= z^T A z with z = sqrt(dim) v); their mean
+        is ``trace``."""
+        return self.dim * np.sum(self.nodes * self.weights, axis=1)
+
+    @property
+    def rounding(self) -> float:
+        """Rounding of one probe's trace sample (``eps`` x ||z|| x ||A z||, see
+        :func:`hessian_spectra.krylov.intervals.rounding_level`)."""
+        if self.second_moments is None or self.second_moments.size == 0:
+            return 0.0
+        image = math.sqrt(max(float(np.max(self.second_moments)), 0.0))
+        return rounding_level(self.eps, math.sqrt(self.dim), image)
+
+    def exact_eigenvalues(self) -> np.ndarray | None:
+        """Every eigenvalue when known exactly (else None): ``exact`` results keep them in row 0 of ``nodes``;
+        a first probe whose Krylov space spanned the whole operator has them as its Ritz values."""
+        if self.exact or self.dim == 1 or (self.deflation is not None and self.deflation.full):
+            return self.nodes[0, : self.steps_taken[0]].copy()
+        return None
+
+    def density_sigma(self) -> float:
+        """The kernel width :meth:`density` uses by default: :func:`default_sigma_fraction` of the node range."""
+        span = self.ritz_max - self.ritz_min
+        scale = span if span > 0 else max(abs(self.ritz_max), 1e-12)
+        return default_sigma_fraction(self.steps) * scale
+
+    def trace_interval(self, level: float = DEFAULT_LEVEL, method: str = "auto") -> Interval:
+        """The trace with a ``level`` confidence interval: exact, Krylov-deflated or plain
+        (:func:`hessian_spectra.krylov.slq_stats.trace_interval`)."""
+        from hessian_spectra.krylov.slq_stats import trace_interval
+
+        return trace_interval(self, level, method)
+
+    def mass_below(
+        self, threshold: float = 0.0, *, sigma: float | None = None, level: float = DEFAULT_LEVEL
+    ) -> Interval:
+        """Fraction of the (smoothed, or with ``sigma=0`` hard-counted) spectrum below ``threshold``
+        (:func:`hessian_spectra.krylov.slq_stats.mass_below`)."""
+        from hessian_spectra.krylov.slq_stats import mass_below
+
+        return mass_below(self, threshold, sigma, level)
+
+    def mass_above(
+        self, threshold: float = 0.0, *, sigma: float | None = None, level: float = DEFAULT_LEVEL
+    ) -> Interval:
+        """Fraction of the spectrum above ``threshold``: 1 - :meth:`mass_below`."""
+        b = self.mass_below(threshold, sigma=sigma, level=level)
+        return Interval(1.0 - b.estimate, b.stderr, 1.0 - b.ci_high, 1.0 - b.ci_low, b.level, b.probes,
+                        b.method, b.dof, b.estimator)  # fmt: skip
+
+    def density_band(self, level: float = DEFAULT_LEVEL, **density_kwargs: Any) -> Any:
+        """A pointwise ``level`` band around :meth:`density` (same keyword arguments), Student t over probes
+        (:func:`hessian_spectra.krylov.slq_stats.density_band`)."""
+        from hessian_spectra.krylov.slq_stats import density_band
+
+        return density_band(self, self.density(**density_kwargs), level)
+
+    def negative_share(self, level: float = DEFAULT_LEVEL, *, n_boot: int = 2000, seed: int = 0) -> Interval:
+        """Share of absolute curvature that is negative, bootstrapped over probes
+        (:func:`hessian_spectra.krylov.slq_stats.negative_share`)."""
+        from hessian_spectra.krylov.slq_stats import negative_share
+
+        return negative_share(self, level, n_boot, seed)
 
     def density(
         self,
@@ -154,10 +146,8 @@ class SLQResult:
         ``sigma`` defaults to :func:`default_sigma_fraction` of the node range (ritz_max - ritz_min);
         the default grid spans the nodes plus :data:`GRID_MARGIN_SIGMAS` sigmas with ``num_points``.
         """
-        span = self.ritz_max - self.ritz_min
         if sigma is None:
-            scale = span if span > 0 else max(abs(self.ritz_max), 1e-12)
-            sigma = default_sigma_fraction(self.steps) * scale
+            sigma = self.density_sigma()
         sigma = float(sigma)
         if grid is None:
             pad = GRID_MARGIN_SIGMAS * sigma
@@ -183,6 +173,9 @@ class SLQResult:
                 "trace_stderr": self.trace_stderr,
                 "ritz_min": self.ritz_min,
                 "ritz_max": self.ritz_max,
+                "exact": self.exact,
+                "trace_ci": self.trace_interval().to_dict(),
+                "deflation": None if self.deflation is None else self.deflation.to_dict(),
                 "nodes": self.nodes,
                 "weights": self.weights,
             }
@@ -210,11 +203,20 @@ def _new_chain(
 
 
 def _assemble(
-    chains: list[_Chain], dim: int, m: int, seed: int, probe: str, reorth: bool, name: str | None
+    chains: list[_Chain],
+    dim: int,
+    m: int,
+    seed: int,
+    probe: str,
+    reorth: bool,
+    name: str | None,
+    deflation: Deflation | None = None,
 ) -> SLQResult:
     n_v = len(chains)
     nodes = np.zeros((n_v, m))
     weights = np.zeros((n_v, m))
+    # dim ||A v||^2 = dim (alpha_1^2 + beta_1^2): A v = alpha_1 v + beta_1 q_2
+    second = np.array([dim * (c.alphas[0] ** 2 + (c.betas[0] ** 2 if c.betas else 0.0)) for c in chains])
     taken = []
     for i, c in enumerate(chains):
         a, b = c.tridiagonal()
@@ -242,7 +244,17 @@ def _assemble(
         ritz_min=float(valid.min()),
         ritz_max=float(valid.max()),
         name=name,
+        second_moments=second,
+        deflation=deflation,
+        eps=float(torch.finfo(chains[0].op_dtype).eps) if chains[0].op_dtype.is_floating_point else 0.0,
     )
+
+
+def _redraw(dim: int, state: torch.Tensor, probe: str):
+    """A function drawing the same normalised probes, in order, as a generator in ``state`` will."""
+    gen = torch.Generator()
+    gen.set_state(state)
+    return lambda: _probe(dim, gen, probe)
 
 
 def slq(
@@ -253,21 +265,28 @@ def slq(
     seed: int = 0,
     probe: Literal["rademacher", "gaussian"] = "rademacher",
     reorthogonalize: bool = True,
+    deflate_trace: bool = True,
 ) -> SLQResult:
     """SLQ with ``num_probes`` probes of ``steps`` Lanczos steps each (fewer when dim is smaller or a
-    probe's Krylov space closes, where the quadrature is exact). Probes come from ``seed`` in order."""
+    probe's Krylov space closes, where the quadrature is exact). Probes come from ``seed`` in order.
+    ``deflate_trace``: keep what the first probe's basis says about the others' trace samples
+    (:mod:`hessian_spectra.krylov.deflation`; needs ``reorthogonalize``; no extra matvec)."""
     _validate(num_probes, steps, probe)
     dim = int(op.dim)
     m = min(int(steps), dim)
     gen = torch.Generator().manual_seed(int(seed))
     chains = []
-    for _ in range(int(num_probes)):
+    defl = None
+    for i in range(int(num_probes)):
         c = _new_chain(dim, op.dtype, op.device, _probe(dim, gen, probe), m, reorthogonalize)
+        state = gen.get_state() if i == 0 and deflate_trace else None
         while not c.done:
             c.push(op.matvec(c.vector()))
+        if state is not None:  # the first probe's basis deflates the others' trace samples
+            defl = deflate(c, dim, int(num_probes) - 1, _redraw(dim, state, probe))
         c.release()  # only the tridiagonal is needed from here on
         chains.append(c)
-    return _assemble(chains, dim, m, seed, probe, reorthogonalize, None)
+    return _assemble(chains, dim, m, seed, probe, reorthogonalize, None, defl)
 
 
 def slq_lockstep(
@@ -279,22 +298,26 @@ def slq_lockstep(
     probe: Literal["rademacher", "gaussian"] = "rademacher",
     reorthogonalize: bool = True,
     indices: Sequence[int] | None = None,
+    deflate_trace: bool = True,
 ) -> list[SLQResult]:
     """SLQ on every block of ``mop`` with all blocks' chains advanced together (one ``matvec_many`` per
     step). Block ``b`` uses seed ``block_seed(seed, b)``: its result equals
     ``slq(block_b, seed=block_seed(seed, b))`` bit for bit, whatever other blocks are present.
-    ``indices[b]`` replaces ``b`` in the seed (a subset of a larger block list draws that list's probes)."""
+    ``indices[b]`` replaces ``b`` in the seed (a subset of a larger block list draws that list's probes);
+    ``deflate_trace`` as in :func:`slq`."""
     _validate(num_probes, steps, probe)
     dims = [int(d) for d in mop.dims]
     ms = [min(int(steps), d) for d in dims]
     ids = _block_ids(indices, len(dims))
     gens = [torch.Generator().manual_seed(block_seed(seed, i)) for i in ids]
     per_block: list[list[_Chain]] = [[] for _ in dims]
-    for _ in range(int(num_probes)):
+    defl: list[Deflation | None] = [None] * len(dims)
+    for i in range(int(num_probes)):
         chains = [
             _new_chain(d, mop.dtype, mop.device, _probe(d, g, probe), m, reorthogonalize)
             for d, g, m in zip(dims, gens, ms, strict=True)
         ]
+        states = [g.get_state() for g in gens] if i == 0 and deflate_trace else None
         while not all(c.done for c in chains):
             outs = mop.matvec_many([None if c.done else c.vector() for c in chains])
             for b, (c, out) in enumerate(zip(chains, outs, strict=True)):
@@ -304,11 +327,20 @@ def slq_lockstep(
                     raise RuntimeError(f"matvec_many returned None for running block {mop.names[b]!r}")
                 c.push(out)
         for b, c in enumerate(chains):
+            if states is not None:  # see slq: the first probe's basis deflates the others' trace samples
+                defl[b] = deflate(c, dims[b], int(num_probes) - 1, _redraw(dims[b], states[b], probe))
             c.release()  # only the tridiagonal is needed from here on
             per_block[b].append(c)
     return [
         _assemble(
-            per_block[b], dims[b], ms[b], block_seed(seed, ids[b]), probe, reorthogonalize, str(mop.names[b])
+            per_block[b],
+            dims[b],
+            ms[b],
+            block_seed(seed, ids[b]),
+            probe,
+            reorthogonalize,
+            str(mop.names[b]),
+            defl[b],
         )
         for b in range(len(dims))
     ]

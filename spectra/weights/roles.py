@@ -36,13 +36,20 @@ mlp_out             ``fc2``, ``linear2``, ``dense_4h_to_h``, ``fc_out``, ``lin2`
 conv                ``conv*`` leaves, ``downsample.0``; module types ``Conv1d/2d/3d``/``ConvTranspose*``
 other               anything else (pooler, MLM transform, ...)
 ==================  ===============================================================================
+
+Blocks and groups. ``block_role(name)`` reads the names of Hessian blocks and weight matrices too: a part
+of a fused QKV tensor (``c_attn.weight:q``, ``...query_key_value.weight:k[head 1]``, ``in_proj_weight[v]``)
+is ``q``/``k``/``v``; the whole fused tensor (or a row/head slice that does not say which part) stays
+``qkv``; ``[head h]``/``[row r]``/... suffixes keep the tensor's role. ``block_group`` maps roles to the
+:data:`GROUPS` the block analyses report: named from what the tensor holds, so a fused QKV tensor is never
+``qk``/``q``/``k`` and separate Q, K, V projections are ``q``, ``k``, ``v``.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["ROLES", "tensor_role"]
+__all__ = ["GROUPS", "ROLES", "ROLE_GROUPS", "block_group", "block_role", "tensor_role"]
 
 ROLES = (
     "q",
@@ -176,3 +183,35 @@ def tensor_role(name: str, config: dict | None = None, module_type: str | None =
     if "conv" in leaf or (module_type or "").startswith("Conv") and module_type != "Conv1D":
         return "conv"  # HF's GPT-2 ``Conv1D`` is a linear layer, torch's ``Conv1d`` a convolution
     return "other"
+
+
+#: Block groups (what :func:`block_group` returns), in report order.
+GROUPS = ("q", "k", "v", "qkv", "attn_out", "mlp", "embedding", "norm", "bias", "conv", "output", "other")
+
+#: Role -> group: attention projections keep their own name, MLP roles pool as ``mlp``, heads as ``output``.
+ROLE_GROUPS = {
+    "q": "q", "k": "k", "v": "v", "qkv": "qkv", "attn_out": "attn_out", "mlp_gate": "mlp", "mlp_up": "mlp",
+    "mlp_down": "mlp", "mlp_in": "mlp", "mlp_out": "mlp", "embedding": "embedding",
+    "position_embedding": "embedding", "lm_head": "output", "classifier": "output", "norm": "norm",
+    "bias": "bias", "conv": "conv", "other": "other",
+}  # fmt: skip
+
+# a fused part: ``name:q`` (matrix views, Adam-mini blocks, per-head builders) or ``name[q]`` (qkv_blocks)
+_PART_RE = re.compile(r"^(?P<base>[^\[:]+?)(?::(?P<colon>[qkv])\b|\[(?P<bracket>[qkv])\])", re.IGNORECASE)
+
+
+def block_role(name: str, config: dict | None = None, module_type: str | None = None) -> str:
+    """The role (:data:`ROLES`) of what a block or matrix named ``name`` holds: its tensor's role, or the
+    part (``q``/``k``/``v``) of a fused QKV tensor it names (see the module docstring)."""
+    m = _PART_RE.match(name.strip())
+    if m:
+        role = tensor_role(m.group("base"), config, module_type)
+        if role == "qkv":
+            return (m.group("colon") or m.group("bracket")).lower()
+    base = name.strip().split("[")[0].split(":")[0].split("#")[0].split("@")[0].strip()
+    return tensor_role(base, config, module_type)
+
+
+def block_group(name: str, config: dict | None = None, module_type: str | None = None) -> str:
+    """The group (:data:`GROUPS`) of a block or matrix named ``name``: :data:`ROLE_GROUPS` of :func:`block_role`."""
+    return ROLE_GROUPS.get(block_role(name, config, module_type), "other")

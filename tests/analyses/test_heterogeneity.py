@@ -125,7 +125,7 @@ def test_drivers_name_the_odd_group():
     same = [BlockSpectrum.exact(f"layers.{i}.attn.v_proj.weight", rng.uniform(1, 2, 64)) for i in range(2)]
     report = analyze_heterogeneity(base + odd + same)
     top = report.drivers["scales-kept"][0]
-    assert top["group"] == "qk" and top["contribution"] > 0
+    assert top["group"] == "q" and top["contribution"] > 0
     mlp = next(r for r in report.drivers["scales-kept"] if r["group"] == "mlp")
     # 64 exact eigenvalues per block smoothed at 1% of the block's range stay spiky, so blocks drawn from
     # one distribution are ~0.4 apart under scales-kept; the odd group is disjoint from the rest (JS 1)
@@ -135,8 +135,10 @@ def test_drivers_name_the_odd_group():
 
 
 def test_block_groups_from_names():
-    assert block_group("h.0.attn.q_proj.weight") == "qk"
-    assert block_group("h.0.attn.k_proj.weight[head 1]") == "qk"
+    assert block_group("h.0.attn.q_proj.weight") == "q"
+    assert block_group("h.0.attn.k_proj.weight[head 1]") == "k"
+    assert block_group("h.0.attn.c_attn.weight") == "qkv"  # fused: never "qk" (issue 18)
+    assert block_group("h.0.attn.c_attn.weight:k[head 0]") == "k"
     assert block_group("h.0.attn.v_proj.weight") == "v"
     assert block_group("h.0.attn.o_proj.weight") == "attn_out"
     assert block_group("h.1.mlp.fc_in.weight") == "mlp"

@@ -198,7 +198,7 @@ def test_drivers_rank_groups_by_their_effect_not_their_block_count():
     spec |= {f"layers.{i}.mlp.fc_in.bias": (10 ** rng.uniform(-4, 0), 16) for i in range(20)}
     rep = analyze_heterogeneity(_blocks(spec))
     rows = rep.drivers["statistic"]
-    assert rows[0]["group"] == "qk" and rows[0]["effect"] > 0.5
+    assert rows[0]["group"] == "q" and rows[0]["effect"] > 0.5
     bias = next(r for r in rows if r["group"] == "bias")
     assert bias["num_blocks"] == 20 and abs(bias["effect"]) < 0.2 * rows[0]["effect"]
     assert rows[0]["statistic_without"] == pytest.approx(rep.statistic["value"] - rows[0]["effect"])

@@ -72,6 +72,32 @@ def test_report_json_valid_and_complete(report):
     assert set(figs) == expected and all(v.startswith(b"\x89PNG") for v in figs.values())
 
 
+def test_report_states_trace_intervals_and_negative_mass(report):
+    """Issue 18: the trace sentence and every block row give an interval with its level, probes and method;
+    the schema checks the interval objects (a broken one fails validation)."""
+    import jsonschema
+    from hessian_spectra.analyses.report.document import block_rows, ci_text
+
+    doc, _, out = report
+    dens = doc["hessian"]["density"]
+    assert dens["trace_ci"]["probes"] >= 1 and dens["negative_mass"]["level"] == 0.95
+    assert any("95% interval" in f and "Hessian trace" in f for f in doc["findings"])
+    rows = block_rows(doc)
+    assert rows and all(r["trace_ci"]["method"] in ("exact", "t", "t-skew", "t-bound", "certificate", "unbounded")
+                        for r in rows)  # fmt: skip
+    md = (out / "report.md").read_text()
+    assert "trace [95% CI]" in md and "mass < 0" in md
+    assert all(ci_text(r["trace_ci"]) in md for r in rows)
+    assert ci_text({"estimate": 2.0, "method": "exact"}) == "2 (exact)"
+    assert (
+        ci_text({"estimate": 1.0, "ci_low": None, "ci_high": None, "method": "unbounded"}) == "1 [unbounded]"
+    )
+    bad = json.loads(json.dumps(doc))
+    bad["hessian"]["blocks"][0]["trace_ci"]["level"] = 2
+    with pytest.raises(jsonschema.ValidationError):
+        validate_document(bad)
+
+
 def test_report_html_is_self_contained(report):
     import re
 

@@ -38,7 +38,7 @@ def test_hessian_layer_blocks_from_a_factory_match_exact_layer_blocks(tmp_path, 
     out = tmp_path / "out"
     code, _, err = run_cli(
         ["hessian", "--model-factory", f"{factory}:make", "--out", str(out), "--blocks", "layer",
-         "--block-probes", "2", "--block-steps", "160", *BUDGET], capsys,
+         "--block-probes", "2", "--block-steps", "160", "--confidence", "0.9", *BUDGET], capsys,
     )  # fmt: skip
     assert code == 0, err
     doc = json.loads((out / "report.json").read_text())
@@ -57,7 +57,14 @@ def test_hessian_layer_blocks_from_a_factory_match_exact_layer_blocks(tmp_path, 
         scale = float(ev.abs().max())
         assert b["lambda_max"] == pytest.approx(float(ev[-1]), abs=1e-8 * scale), b["name"]
         assert b["lambda_min"] == pytest.approx(float(ev[0]), abs=1e-8 * scale), b["name"]
-    assert "Blocks: `layer` (3 blocks)" in (out / "report.md").read_text()
+        # every block has dim <= 2 x 160: its spectrum comes from its columns, so its trace interval is exact
+        # (zero width) at the asked level
+        ci = b["trace_ci"]
+        assert b["method"] == "exact" and ci["level"] == 0.9 and ci["method"] == "exact", b["name"]
+        assert ci["ci_low"] == ci["ci_high"] == pytest.approx(float(ev.sum()), abs=1e-8 * scale), b["name"]
+    md = (out / "report.md").read_text()
+    assert "Blocks: `layer` (3 blocks)" in md and "trace [90% CI]" in md
+    assert doc["settings"]["hessian"]["confidence"] == 0.9
 
 
 def test_analyze_takes_the_same_blocks_option(tmp_path, capsys):
@@ -105,6 +112,8 @@ def test_hessian_on_a_model_folder_with_adam_mini_blocks(tmp_path, capsys):
         (["--max-blocks-per-tensor", "-1"], "--max-blocks-per-tensor"),
         (["--blocks", "head"], "--heads"),
         (["--heads", "0"], "--heads"),
+        (["--confidence", "1.5"], "--confidence"),
+        (["--confidence", "0"], "--confidence"),
     ],
 )
 def test_bad_blocks_options_exit_2_and_write_nothing(tmp_path, capsys, extra, needle):

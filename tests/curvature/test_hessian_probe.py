@@ -60,6 +60,54 @@ def test_block_extremes_and_traces_match_exact_diagonal_blocks(probed):
         assert abs(row["trace"] - exact_trace) <= 3 * row["trace_stderr"] + 1e-9 * scale * (b - a)
 
 
+def test_block_trace_intervals_and_negative_mass_from_real_hvps(probed):
+    """Every block states its trace and the mass of its density below zero with an interval (issue 18):
+    exact for the biases, certified for the rank-30 output layer, Krylov-deflated estimates (t on 11
+    residual probes) for the 80- and 256-parameter weight blocks."""
+    from scipy.special import ndtr
+
+    case, report, _, _, _ = probed
+    H = case_hessian("mlp")
+    off = _offsets(case.model)
+    doc = report.to_dict()
+    for row, res, jrow in zip(report.block_summary(), report.block_results, doc["blocks"], strict=True):
+        a, b = off[row["param"]]
+        ev = torch.linalg.eigvalsh(H[a:b, a:b]).numpy()
+        ci, mass = row["trace_ci"], row["negative_mass"]
+        assert jrow["trace_ci"] == ci and ci["level"] == 0.95 and mass["level"] == 0.95
+        assert {"estimate", "stderr", "ci_low", "ci_high", "probes", "method"} <= set(ci)
+        exact_mass = float(np.mean(ndtr(-ev / res.density_sigma())))
+        if b - a < 30:  # the biases: the first probe's Krylov space is the whole block
+            assert ci["method"] == "exact" and ci["ci_low"] == ci["ci_high"]
+            assert ci["estimate"] == pytest.approx(ev.sum(), abs=1e-9 * max(abs(ev).max(), 1e-12) * (b - a))
+            assert mass["method"] == "exact" and mass["estimate"] == pytest.approx(exact_mass, abs=1e-9)
+        elif b - a <= 60:  # the output layer (48, rank 30): an invariant Krylov space of 31 vectors holds
+            # every nonzero eigenvalue, the other probes' residuals are rounding: certified to rounding
+            assert ci["method"] == "certificate" and ci["ci_high"] - ci["ci_low"] < 1e-12
+            assert ci["ci_low"] - 1e-12 <= ev.sum() <= ci["ci_high"] + 1e-12
+        else:
+            assert ci["method"] in ("t", "t-skew") and ci["estimator"] == "slq-deflated" and ci["dof"] == 10
+            assert ci["ci_low"] < ci["estimate"] < ci["ci_high"]
+            # a single run: the deflated error is far inside 3 half-widths (95% each; this seed covers)
+            assert abs(ci["estimate"] - ev.sum()) <= ci["ci_high"] - ci["ci_low"]
+            assert mass["ci_low"] <= exact_mass <= mass["ci_high"]
+    dens = doc["density"]
+    assert dens["trace_ci"]["method"] in ("t", "t-skew") and dens["trace_ci"]["probes"] == 11
+    assert dens["negative_mass"]["estimator"].startswith("slq-smoothed")
+    assert HessianSettings(confidence=0.8).confidence == 0.8
+    with pytest.raises(InputError, match="--confidence"):
+        HessianSettings(confidence=1.5).validate()
+
+
+def test_confidence_level_reaches_every_interval():
+    case = get_case("mlp")
+    settings = HessianSettings(top_k=1, probes=4, steps=6, block_probes=4, block_steps=6, confidence=0.8)
+    doc = run_hessian(case.model, case.batches, case.loss, settings).to_dict()
+    levels = {doc["density"]["trace_ci"]["level"], doc["density"]["negative_mass"]["level"]}
+    levels |= {b[k]["level"] for b in doc["blocks"] for k in ("trace_ci", "negative_mass")}
+    assert levels == {0.8}
+
+
 def test_cost_estimate_bounds_the_work_and_model_is_untouched(probed):
     case, report, seen, before, after = probed
     assert len(seen) == 1 and seen[0] == report.cost

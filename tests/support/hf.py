@@ -46,3 +46,39 @@ def tiny_gpt2_workload(tmp_path):
     text = tmp_path / "data.txt"
     text.write_text("\n".join(" ".join(WORDS[i : i + 6]) for i in range(0, len(WORDS) - 6)) + "\n")
     return folder, text
+
+
+_SMALL = {"vocab_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+
+
+def tiny_architectures() -> dict:
+    """Tiny random-weight models of seven architectures (GPT-2, BERT, Llama with GQA, GPT-NeoX, Falcon, ViT,
+    T5), built from transformers configs: their parameter names are the naming schemes under test."""
+    import transformers as t
+
+    torch.manual_seed(0)
+    return {
+        "gpt2": t.GPT2LMHeadModel(
+            t.GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=16)
+        ),
+        "bert": t.BertForMaskedLM(t.BertConfig(hidden_size=16, max_position_embeddings=16, **_SMALL)),
+        "llama": t.LlamaForCausalLM(t.LlamaConfig(hidden_size=16, num_key_value_heads=1, **_SMALL)),
+        "neox": t.GPTNeoXForCausalLM(t.GPTNeoXConfig(hidden_size=16, **_SMALL)),
+        "falcon": t.FalconForCausalLM(
+            t.FalconConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+        ),
+        "vit": t.ViTForImageClassification(
+            t.ViTConfig(
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                image_size=8,
+                patch_size=4,
+                num_labels=3,
+            )
+        ),
+        "t5": t.T5ForConditionalGeneration(
+            t.T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+        ),
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hessian_spectra.weights.roles import ROLES, tensor_role
+from support.hf import tiny_architectures
 
 CASES = {
     "llama": [
@@ -168,29 +169,11 @@ def test_config_and_module_type_refine():
 
 def test_live_modules_have_no_unexplained_other():
     """Every weight of real (tiny) models gets a specific role; biases and norms are never 'other'."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
+    pytest.importorskip("transformers")
+    arch = tiny_architectures()
     models = [
-        transformers.LlamaForCausalLM(
-            transformers.LlamaConfig(
-                vocab_size=32,
-                hidden_size=16,
-                num_hidden_layers=1,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                intermediate_size=32,
-            )
-        ),
-        transformers.BertForMaskedLM(
-            transformers.BertConfig(
-                vocab_size=32,
-                hidden_size=16,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=32,
-                max_position_embeddings=20,
-            )
-        ),
+        arch["llama"],
+        arch["bert"],
         torch.nn.TransformerEncoder(
             torch.nn.TransformerEncoderLayer(16, 2, 32), num_layers=1, enable_nested_tensor=False
         ),
