@@ -7,6 +7,7 @@ printed as one line naming the file and the problem, with exit code 2, and no pa
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from hessian_spectra.cli.console import err_console, fail, progress_bar
@@ -17,17 +18,42 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: flags read as flags (`--plots / --no-plots`, `-q, --quiet`); typer's rich panels
+    # print a `<bool>` value after every flag, which the flag does not take
+    rich_markup_mode=None,
 )
+
+
+def version_line() -> str:
+    """``hessian-spectra X (python ..., torch ..., numpy ..., scipy ...)``, without importing torch."""
+    from hessian_spectra.weights.provenance import provenance
+
+    info = provenance(seed=0)
+    deps = ", ".join(f"{k} {info[k]}" for k in ("python", "torch", "numpy", "scipy"))
+    return f"hessian-spectra {info['tool_version']} ({deps})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version (and torch, numpy, scipy) and exit.",
+                     callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:  # fmt: skip
+    """Curvature (Hessian) and weight spectra of PyTorch checkpoints, and what to do about them."""
 
 
 @app.command()
 def version() -> None:
     """Print the versions of hessian-spectra and its main dependencies."""
-    from hessian_spectra.weights.provenance import provenance
-
-    info = provenance(seed=0)
-    for key in ("tool_version", "python", "torch", "numpy", "scipy"):
-        typer.echo(f"{key}: {info[key]}")
+    typer.echo(version_line())
 
 
 def _register_commands() -> None:

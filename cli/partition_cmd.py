@@ -74,11 +74,13 @@ def run_partition(
     doc["provenance"] = provenance(seed)
     atomic_write_json(out, doc)
     if not quiet:
+        from hessian_spectra.analyses.report.numbers import fmt
+
         console = out_console()
         s = partition.summary
         for key in ("num_learning_rates", "learning_rate_share", "num_params"):
             if key in s:
-                console.print(f"{key}: {s[key]}")
+                console.print(f"{key}: {fmt(s[key])}")
         if partition.unresolved:
             console.print(
                 f"[bold yellow]unresolved[/] ({len(partition.unresolved)}): {', '.join(partition.unresolved[:8])}"
@@ -87,7 +89,7 @@ def run_partition(
             for rule in doc["verify"]["rules"]:
                 verdict = "pass" if rule["passed"] else "FAIL"
                 console.print(
-                    f"rule {rule['key']}: share {rule['share']:.3f} vs random {rule['random_mean']:.3f}: {verdict}"
+                    f"rule {rule['key']}: share {fmt(rule['share'], 3)} vs random {fmt(rule['random_mean'], 3)}: {verdict}"
                 )
         console.print(f"wrote {out}")
     return doc

@@ -84,11 +84,13 @@ def run_recommend(
         atomic_write_json(stage / "recommendations.json", doc)
         atomic_write_text(stage / "recommendations.md", markdown)
     if not quiet:
+        from hessian_spectra.analyses.report.numbers import fmt
+
         summary = recs.summary
         console = out_console()
         for key, value in summary.items():
             if not isinstance(value, dict | list):
-                console.print(f"{key}: {value}")
+                console.print(f"{key}: {fmt(value)}")
         console.print(f"wrote recommendations.json, recommendations.md to {out}")
     return doc
 

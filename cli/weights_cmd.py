@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -92,16 +91,9 @@ def run_weights(
         out_console().print(f"wrote {', '.join(written)} to {out}")
 
 
-def _fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}g}"
-
-
 def _print_table(report, max_rows: int) -> None:
     """A readable table of the main metrics, plus the robust model summary."""
+    from hessian_spectra.analyses.report.numbers import fmt
     from rich.table import Table
 
     table = Table(title=f"weight spectra: {report.source}", show_lines=False)
@@ -124,10 +116,10 @@ def _print_table(report, max_rows: int) -> None:
         if x is None:
             table.add_row(m.name, f"{m.shape[0]}x{m.shape[1]}", "-", "-", "-", "-", "-", "-", m.status)
             continue
-        alpha = "-" if x.alpha is None else f"{x.alpha:.3g} ({x.n_tail})"
+        alpha = "-" if x.alpha is None else f"{fmt(x.alpha, 3)} ({x.n_tail})"
         table.add_row(
-            m.name, f"{m.shape[0]}x{m.shape[1]}", _fmt(x.sigma_max), _fmt(x.stable_rank), _fmt(x.condition_number),
-            _fmt(x.modified_condition_number), alpha, _fmt(x.mp_n_spikes), m.status,
+            m.name, f"{m.shape[0]}x{m.shape[1]}", fmt(x.sigma_max), fmt(x.stable_rank), fmt(x.condition_number),
+            fmt(x.modified_condition_number), alpha, fmt(x.mp_n_spikes), m.status,
         )  # fmt: skip
     console = out_console()
     console.print(table)
@@ -154,10 +146,10 @@ def _print_table(report, max_rows: int) -> None:
                 if s.outliers
                 else ""
             )
-            parts.append(f"median {label} {s.median:.4g} (mean {_fmt(s.mean)}{outl})")
+            parts.append(f"median {label} {fmt(s.median)} (mean {fmt(s.mean)}{outl})")
     mck = summary.get("modified_condition_number")
     if mck is not None and mck.geometric_mean is not None:
-        parts.append(f"GMCN (geometric mean of modified kappa) {mck.geometric_mean:.4g}")
+        parts.append(f"GMCN (geometric mean of modified kappa) {fmt(mck.geometric_mean)}")
     for line in parts:
         console.print(line)
     nonfinite = [m.name for m in report.matrices if m.status == "nonfinite"]
@@ -179,7 +171,9 @@ def weights(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("spectra-out/weights"),
     format: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv.")] = "json,csv",
-    plots: Annotated[bool, typer.Option("--plots", help="Also write ESD and depth figures (PNG).")] = False,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Also write ESD and depth figures (PNG).")
+    ] = False,
     layers: Annotated[
         list[str] | None, typer.Option("--layers", help="Glob on tensor names; repeat for several.")
     ] = None,
