@@ -26,7 +26,10 @@ def run_demo(
 
     import torch
     from hessian_spectra.analyses.demo import DemoBudget, demo_cases
+    from hessian_spectra.analyses.findings.rules import verdict_reasons
     from hessian_spectra.analyses.report.analyze import AnalyzeOptions
+    from hessian_spectra.analyses.report.inputs import generated_input
+    from hessian_spectra.analyses.report.numbers import fmt
     from hessian_spectra.analyses.report.write import write_report
     from hessian_spectra.cli.analyze_cmd import run_analysis
     from hessian_spectra.curvature.probe import HessianSettings
@@ -46,23 +49,30 @@ def run_demo(
     rows = []
     with staged_directory(out) as stage:
         md = ["# spectra demo: a small transformer vs a small CNN", "",
-              "| model | verdict | block lambda_max spread | mean JS scales-kept | shape-only |",
-              "|---|---|---|---|---|"]  # fmt: skip
+              "| model | verdict | decided by | mean JS (each convention) |", "|---|---|---|---|"]  # fmt: skip
         details = []
         for case in cases:
-            doc, figures = run_analysis(
-                case.model, case.batches, case.loss, settings, options, source=f"demo:{case.name}",
-                quiet=quiet, label=case.name, extra={"demo": case.to_dict()},
+            inputs = generated_input(
+                f"built-in demo model '{case.name}' trained on synthetic data", by="spectra demo", seed=seed,
+                settings={"budget": budget.__dict__, **case.to_dict()},
             )  # fmt: skip
-            write_report(out / case.name, doc, figures, stage=stage / case.name)
+            result = run_analysis(
+                case.model, case.batches, case.loss, settings, options, source=f"demo:{case.name}",
+                quiet=quiet, label=case.name, extra={"demo": case.to_dict()}, inputs=inputs,
+            )  # fmt: skip
+            doc = result.doc
+            write_report(
+                out / case.name, doc, result.figures, stage=stage / case.name, attachments=result.attachments
+            )
             het = doc["heterogeneity"]
-            spread = het["scale_spread"]["lambda_max"]["ratio"]
-            m = het["mean_js"]
-            md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {spread:.3g}x | "
-                      f"{m['scales-kept']:.3f} | {m['shape-only']:.3f} |")  # fmt: skip
-            details += [f"## {case.name}: {case.description}", "", *[f"- {f}" for f in doc["findings"]], ""]
+            reasons = "; ".join(verdict_reasons(het))
+            js = ", ".join(f"{k} {fmt(v, 3)}" for k, v in het["mean_js"].items())
+            md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {reasons} | {js} |")
+            details += [f"## {case.name}: {case.description}", "", "What to do:", "",
+                        *[f"{i}. {a['statement']} ({a['confidence']} confidence)" for i, a in enumerate(doc["actions"], 1)],
+                        "", *[f"- {f}" for f in doc["summary"]], ""]  # fmt: skip
             rows.append(
-                {"name": case.name, "verdict": het["verdict"], "mean_js": m, "lambda_max_spread": spread}
+                {"name": case.name, "verdict": het["verdict"], "mean_js": het["mean_js"], "reasons": reasons}
             )
         md += ["", f"Rule: {het['verdict_rule']}.", "", *details,
                f"Total time {time.perf_counter() - started:.0f} s ({'reduced' if reduced else 'full'} budget)."]  # fmt: skip
@@ -70,9 +80,7 @@ def run_demo(
     if not quiet:
         console = out_console()
         for r in rows:
-            console.print(
-                f"{r['name']}: {r['verdict']} (block lambda_max spread {r['lambda_max_spread']:.3g}x)"
-            )
+            console.print(f"{r['name']}: {r['verdict']} ({r['reasons']})")
         console.print(f"wrote {', '.join(r['name'] for r in rows)} reports and summary.md to {out}")
     return rows
 

@@ -79,7 +79,7 @@ def run_recommend(
         doc.setdefault("notes", []).append(
             f"{len(skipped)} matrices without a full spectrum were not assessed: {', '.join(skipped[:10])}"
         )
-    markdown = f"# Recommendations for {Path(report.source).name}\n\n" + render_markdown(recs)
+    markdown = render_markdown(doc, title=f"Recommendations for {Path(report.source).name}")
     with staged_directory(out) as stage:
         atomic_write_json(stage / "recommendations.json", doc)
         atomic_write_text(stage / "recommendations.md", markdown)

@@ -175,8 +175,15 @@ def analyze_heterogeneity(
     else:
         het = decades >= SPREAD_DECADES_THRESHOLD or shape >= SHAPE_JS_THRESHOLD
         verdict = "heterogeneous" if het else "homogeneous"
+    # the quantities the verdict compared, as the report (and its findings) cite them
+    deciding = [
+        {"quantity": "lambda_max spread (decades)", "key": "decades", "value": decades,
+         "threshold": SPREAD_DECADES_THRESHOLD, "fired": decades >= SPREAD_DECADES_THRESHOLD},
+        {"quantity": f"mean pairwise '{SHAPE_ONLY.name}' JS distance", "key": "mean_js", "value": shape,
+         "threshold": SHAPE_JS_THRESHOLD, "fired": shape >= SHAPE_JS_THRESHOLD},
+    ]  # fmt: skip
     return HeterogeneityReport(
         blocks=spectra, conventions=tuple(conventions), js=js, mean_js=mean, scale_spread=spread,
         drivers=drivers, verdict=verdict, verdict_rule=rule,
-        extra={"min_dim": min_dim, "excluded_from_js": excluded},
+        extra={"min_dim": min_dim, "excluded_from_js": excluded, "deciding": deciding},
     )  # fmt: skip
