@@ -71,7 +71,7 @@ TERMS = (
     t("verdict", "verdict", "heterogeneous / homogeneous by the rule printed with it (the deciding quantities are cited with the verdict)",
       "-", "heterogeneous blocks are where SGD is expected to lag Adam", ZHANG),
     t("tensor", "tensor", "a parameter tensor (its name in the checkpoint)", "-", "-", "-", "tensor_name"),
-    t("role", "role", "what a tensor does, from its name: q, k, v, qkv, attn_out, mlp_up/gate/down, embedding, lm_head, norm, bias, conv, ...",
+    t("role", "role", "what a tensor does, from its name: q, k, v, qkv, attn_out, mlp_up/gate/down, embedding, lm_head, norm, bias, conv and others",
       "-", "decides which advice applies (PC layer: MLP and attention output only)", "-"),
     t("n_heads", "heads", "number of attention heads the tensor is cut into", "count", "-", "-"),
     t("head_share", "share", "share of the squared Frobenius mass of the tensor's Hessian block that lies inside per-head sub-blocks",

@@ -19,6 +19,7 @@ from hessian_spectra.analyses.report.document import validate_document
 from hessian_spectra.analyses.report.write import REPORT_FILES, write_report
 from hessian_spectra.curvature.losses import cross_entropy
 from hessian_spectra.curvature.probe import HessianSettings
+from support.markdown import linked_headers, table_headers
 
 
 def _gpt(std: float | None = 0.02):
@@ -104,17 +105,6 @@ def test_report_opens_with_actions_and_findings_linked_to_their_evidence(report)
     assert het["verdict"] in opt["statement"] and opt["evidence"]["verdict"] == het["verdict"]
 
 
-def _tables(md: str) -> list[list[str]]:
-    """Header cells (link text) of every markdown table."""
-    out, lines = [], md.splitlines()
-    for i, line in enumerate(lines[:-1]):
-        if line.startswith("|") and re.match(r"^\|(---\|)+$", lines[i + 1]):
-            out.append(
-                [re.sub(r"^\[(.*)\]\(#g-[^)]+\)$", r"\1", c.strip()) for c in line.strip("|").split(" | ")]
-            )
-    return out
-
-
 class _Page(HTMLParser):
     """Tables (their header cells), images and element ids of an HTML page."""
 
@@ -151,7 +141,7 @@ def test_every_table_and_figure_of_report_md_reaches_report_html(report):
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     parsed = _Page()
     parsed.feed(page)
-    tables = _tables(md)
+    tables = table_headers(md)
     titles = [t for t in ("Spectral clipping", "Priority (high curvature", "Weight spectra") if t in md]
     assert len(titles) == 3 and len(tables) >= 9
     assert parsed.tables == tables  # every table, in order, with the same columns
@@ -161,6 +151,16 @@ def test_every_table_and_figure_of_report_md_reaches_report_html(report):
     assert all(i["src"].startswith("data:image/png;base64,") for i in parsed.images)
     assert {a for a in re.findall(r'<a id="([^"]+)"></a>', md)} <= parsed.ids
     assert parsed.scripts == 0 and "<link" not in page and "http://" not in page and "https://" not in page
+
+
+def test_every_report_md_column_is_defined_in_its_glossary(report):
+    md = (report[2] / "report.md").read_text()
+    keys = linked_headers(md)
+    assert len(set(keys)) >= 40
+    glossary = md.split("## Glossary")[1]
+    assert all(f'<a id="g-{k}"></a>' in glossary for k in set(keys))
+    page = (report[2] / "report.html").read_text()
+    assert all(f'<th><a href="#g-{k}">' in page and f'id="g-{k}"' in page for k in set(keys))
 
 
 def test_html_shows_foreign_markup_as_text():
@@ -195,7 +195,7 @@ def test_report_renders_in_headless_chromium_when_installed(report, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     parsed = _Page()
     parsed.feed(dom.stdout)
-    assert parsed.tables == _tables((out / "report.md").read_text()) and len(parsed.images) == len(figs)
+    assert parsed.tables == table_headers((out / "report.md").read_text()) and len(parsed.images) == len(figs)
 
 
 def test_qk_hessian_is_head_diagonal_at_init():

@@ -36,7 +36,11 @@ def test_hessian_command_writes_report_matching_exact(tmp_path, capsys):
     import hashlib
 
     inputs = doc["inputs"]  # the factory file itself is recorded with its hash, and the batches
-    assert inputs["kind"] == "model-factory" and inputs["factory"] == f"{factory}:make" and inputs["num_batches"] == 1
+    assert (
+        inputs["kind"] == "model-factory"
+        and inputs["factory"] == f"{factory}:make"
+        and inputs["num_batches"] == 1
+    )
     assert inputs["factory_file"]["files"][0]["sha256"] == hashlib.sha256(factory.read_bytes()).hexdigest()
     assert doc["weights"] is None and doc["structure"] is None and doc["recommendations"] is None
     assert doc["settings"]["hessian"]["blocks"] == "tensor"
