@@ -114,7 +114,8 @@ def clip_groups(
     out = []
     for g, ms in sorted(groups.items()):
         max_sigma = max(float(np.max(m.singular_values)) for m in ms)
-        why = f"paper default c = {base:g} for a {n_params / 1e6:.1f}M-parameter model"
+        size = f"{n_params / 1e6:.3g}M" if n_params >= 1e6 else f"{n_params:,}"
+        why = f"paper default c = {base:g} for a {size}-parameter model"
         c = base
         if weight_decay and weight_decay > 0:
             needed = max(

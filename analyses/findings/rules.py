@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hessian_spectra.analyses.findings.model import SECTIONS, ClipThresholds, Finding
-from hessian_spectra.analyses.report.numbers import fmt, fmt_percent, fmt_ratio
+from hessian_spectra.analyses.report.numbers import fmt, fmt_bytes, fmt_percent, fmt_ratio
 
 __all__ = [
     "optimizer_advice",
@@ -97,20 +97,17 @@ def optimizer_advice(
         margins = [_margin(q) for q in fired]
         clear = bool(margins) and any(c for c, _ in margins)
         how = "; ".join(m for _, m in margins) or "no deciding quantity given"
-        part = ""
-        if partition and partition.get("file"):
-            s = partition.get("summary") or {}
-            part = (
-                f"; per-block learning rates recover Adam's benefit at lower memory: Adam-mini with the attached "
-                f"{partition['file']} ({fmt(s.get('num_learning_rates'))} learning rates)"
-            )
+        mini = (
+            " or Adam-mini with the attached partition (next action)"
+            if partition and partition.get("file")
+            else ""
+        )
         return Finding(
             kind="optimizer",
             statement=f"Block Hessian spectra are heterogeneous ({'; '.join(cited)}): SGD is likely to lag Adam here.",
             evidence=evidence, confidence="medium" if clear else "low",
             confidence_reason=f"{how}; {COUNTER}" if clear else f"close to the threshold: {how}; {COUNTER}",
-            action=f"Train with an adaptive optimizer (AdamW), not plain SGD{part}.", anchor=anchor,
-            attachment=partition.get("file") if partition else None, priority=10,
+            action=f"Train with an adaptive optimizer (AdamW{mini}), not plain SGD.", anchor=anchor, priority=10,
         )  # fmt: skip
     if verdict == "homogeneous":
         margins = [_margin(q) for q in deciding]
@@ -163,8 +160,8 @@ def adam_mini_advice(
         unresolved = f"; {s['num_unresolved']} tensors no rule covers keep one learning rate per coordinate"
     statement = (
         f"Adam-mini partition: {fmt(s.get('num_learning_rates'))} learning rates for {fmt(s.get('num_params'))} "
-        f"parameters ({fmt_percent(s.get('learning_rate_share'))}); fp32 optimizer state {_bytes(mini)} vs "
-        f"{_bytes(adamw)} for AdamW (saves {fmt_percent(saving)}){unresolved}."
+        f"parameters ({fmt_percent(s.get('learning_rate_share'))}); fp32 optimizer state {fmt_bytes(mini)} vs "
+        f"{fmt_bytes(adamw)} for AdamW (saves {fmt_percent(saving)}){unresolved}."
     )
     verdict = (het or {}).get("verdict")
     action = (
@@ -180,13 +177,6 @@ def adam_mini_advice(
         action=action, anchor=SECTIONS["partition"], attachment=partition.get("file"),
         priority=20 if verdict == "heterogeneous" else 40,
     )  # fmt: skip
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            return f"{fmt(n / size, 3)} {unit}"
-    return f"{fmt(n)} B"
 
 
 def pc_layer_advice(recs: Mapping[str, Any] | None) -> Finding | None:

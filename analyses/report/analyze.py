@@ -48,13 +48,16 @@ class Analysis:
         return iter((self.doc, self.figures))
 
 
-def _partition(model: Any, seed: int) -> tuple[Any, dict[str, Any] | None]:
-    """The model's Adam-mini partition and its partition.json content (None, None when no rule applies)."""
+def _partition(model: Any, seed: int, n_heads: int | None) -> tuple[Any, dict[str, Any] | None]:
+    """The model's Adam-mini partition and its partition.json content (None, None when no rule applies);
+    a model without an HF config gets its heads from ``n_heads`` or the model (as ``--blocks adam-mini``)."""
+    from hessian_spectra.analyses.partitions.blockings import heads_config
     from hessian_spectra.analyses.partitions.build import partition_model
     from hessian_spectra.weights.provenance import provenance
 
     try:
-        part = partition_model(model)
+        config = heads_config(model, n_heads) if getattr(model, "config", None) is None else None
+        part = partition_model(model, config)
     except Exception:  # noqa: BLE001 - a model the partition rules cannot read gets no partition advice
         return None, None
     if not part.entries:
@@ -132,7 +135,7 @@ def analyze_model(
                 inputs_from_weights_report(weights), options.optimizer, hessian=blocks or None,
                 n_params=sum(p.numel() for p in model.parameters()), seed=settings.seed,
             )  # fmt: skip
-    part, part_doc = _partition(model, settings.seed)
+    part, part_doc = _partition(model, settings.seed, options.n_heads or settings.n_heads)
     doc = build_document(
         source=source, seed=settings.seed, hessian=hess, heterogeneity=het, structure=structure,
         weights=weights, recommendations=recs, partition=part,

@@ -49,7 +49,7 @@ def actions_lines(doc: Mapping[str, Any]) -> list[str]:
             f"{_section_link(a['anchor'])}, finding [{a['finding']}](#finding-{a['finding']}).){attach}"
         )
         if f.get("statement"):
-            lines.append(f"   Because: {f['statement']}")
+            lines.append(f"   - Because: {f['statement']}")
     return lines + [""]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["fmt", "fmt_ratio", "fmt_percent", "DIGITS"]
+__all__ = ["fmt", "fmt_ratio", "fmt_percent", "fmt_bytes", "DIGITS"]
 
 #: Significant digits shown by default: enough to compare, few enough to read.
 DIGITS = 4
@@ -56,6 +56,16 @@ def fmt_percent(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     return f"{fmt(100.0 * float(x), digits)}%"
+
+
+def fmt_bytes(n: Any) -> str:
+    """A byte count in binary units to 3 significant digits (``31104`` -> ``"30.4 KiB"``)."""
+    if n is None:
+        return "-"
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{fmt(n / size, 3)} {unit}"
+    return f"{fmt(int(n))} B"
 
 
 def _strip(text: str) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hessian_spectra.analyses.findings.model import SECTIONS
-from hessian_spectra.analyses.report.numbers import fmt, fmt_percent
+from hessian_spectra.analyses.report.numbers import fmt, fmt_bytes, fmt_percent
 from hessian_spectra.analyses.report.plots import caption
 from hessian_spectra.analyses.report.tables import code, figure, heading, md_table
 
@@ -24,12 +24,12 @@ def partition_section(doc: Doc) -> list[str]:
         return []
     s = part["summary"]
     state = s.get("optimizer_state") or {}
-    gib = lambda k: (state.get(k) or {}).get("fp32_gib")  # noqa: E731
+    size = lambda k: fmt_bytes((state.get(k) or {}).get("fp32_bytes"))  # noqa: E731
     lines = heading(2, "Adam-mini partition", SECTIONS["partition"])
     lines += [
         f"{fmt(s['num_learning_rates'])} learning rates for {fmt(s['num_params'])} parameters "
-        f"({fmt_percent(s.get('learning_rate_share'))}); fp32 optimizer state {fmt(gib('partition'), 3)} GiB vs "
-        f"{fmt(gib('adamw'), 3)} GiB for AdamW (saves {fmt_percent(state.get('saving_fraction'))}). Attached: "
+        f"({fmt_percent(s.get('learning_rate_share'))}); fp32 optimizer state {size('partition')} vs "
+        f"{size('adamw')} for AdamW (saves {fmt_percent(state.get('saving_fraction'))}). Attached: "
         f"[{part['file']}]({part['file']}) (the `spectra partition` format, with an adam-mini 1.1.1 configuration).",
         "",
     ]
