@@ -5,13 +5,13 @@ tool created itself (recorded as such, never as a temporary path)."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sha256_file", "hash_files", "folder_files", "finish_inputs", "hf_inputs", "factory_inputs",
+__all__ = ["sha256_file", "HashJob", "hash_files", "folder_files", "finish_inputs", "hf_inputs", "factory_inputs",
            "generated_input", "token_counts"]  # fmt: skip
 
 CHUNK = 1 << 20
@@ -40,23 +40,45 @@ def _hash_all(paths: Sequence[Path], root: Path | None) -> dict[str, Any]:
     files = []
     for p in paths:
         name = str(p.relative_to(root)) if root is not None else p.name
-        files.append({"name": name, "size_bytes": p.stat().st_size, "sha256": sha256_file(p)})
-    return {"files": files, "total_bytes": sum(f["size_bytes"] for f in files),
+        try:
+            files.append({"name": name, "size_bytes": p.stat().st_size, "sha256": sha256_file(p)})
+        except OSError as err:  # provenance never fails the analysis: the file is listed with the reason
+            files.append(
+                {"name": name, "size_bytes": None, "sha256": None, "error": err.strerror or str(err)}
+            )
+    return {"files": files, "total_bytes": sum(f["size_bytes"] or 0 for f in files),
             "hash_seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
 
 
-def hash_files(paths: Iterable[str | Path], root: str | Path | None = None) -> Future:
-    """Start hashing ``paths`` in a background thread; the future gives ``{"files": [{name, size_bytes,
-    sha256}], "total_bytes", "hash_seconds"}`` (names relative to ``root`` when given)."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spectra-hash")
-    future = pool.submit(_hash_all, [Path(p) for p in paths], None if root is None else Path(root))
-    pool.shutdown(wait=False)
-    return future
+class HashJob:
+    """Files being hashed in a background thread; :meth:`result` joins it (so no thread is left behind
+    when worker processes are forked afterwards)."""
+
+    def __init__(self, paths: Sequence[Path], root: Path | None) -> None:
+        self._out: dict[str, Any] | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(paths, root), name="spectra-hash", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, paths: Sequence[Path], root: Path | None) -> None:
+        self._out = _hash_all(paths, root)
+
+    def result(self) -> dict[str, Any]:
+        self._thread.join()
+        assert self._out is not None
+        return self._out
+
+
+def hash_files(paths: Iterable[str | Path], root: str | Path | None = None) -> HashJob:
+    """Start hashing ``paths`` in a background thread; the job's result is ``{"files": [{name,
+    size_bytes, sha256}], "total_bytes", "hash_seconds"}`` (names relative to ``root`` when given)."""
+    return HashJob([Path(p) for p in paths], None if root is None else Path(root))
 
 
 def finish_inputs(inputs: Any) -> Any:
-    """``inputs`` with every pending hashing future replaced by its result (waits for them)."""
-    if isinstance(inputs, Future):
+    """``inputs`` with every pending hashing job replaced by its result (waits for them)."""
+    if isinstance(inputs, HashJob):
         return inputs.result()
     if isinstance(inputs, Mapping):
         return {k: finish_inputs(v) for k, v in inputs.items()}
