@@ -98,7 +98,7 @@ def optimizer_advice(
         clear = bool(margins) and any(c for c, _ in margins)
         how = "; ".join(m for _, m in margins) or "no deciding quantity given"
         mini = (
-            " or Adam-mini with the attached partition (next action)"
+            ", or Adam-mini with the attached partition (next action)"
             if partition and partition.get("file")
             else ""
         )
@@ -107,7 +107,7 @@ def optimizer_advice(
             statement=f"Block Hessian spectra are heterogeneous ({'; '.join(cited)}): SGD is likely to lag Adam here.",
             evidence=evidence, confidence="medium" if clear else "low",
             confidence_reason=f"{how}; {COUNTER}" if clear else f"close to the threshold: {how}; {COUNTER}",
-            action=f"Train with an adaptive optimizer (AdamW{mini}), not plain SGD.", anchor=anchor, priority=10,
+            action=f"Train with an adaptive optimizer, not plain SGD: AdamW{mini}.", anchor=anchor, priority=10,
         )  # fmt: skip
     if verdict == "homogeneous":
         margins = [_margin(q) for q in deciding]
