@@ -42,6 +42,7 @@ class Workload:
     batches: list[Any]
     source: str
     placement: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None  # how the data became batches (task, tokenizer): report provenance
 
 
 def _import(module: str):
@@ -364,7 +365,7 @@ def load_hf_workload(
         )
     return Workload(
         model=model, loss=None, batches=batches, source=f"{model_dir} ({task}) on {Path(data).name}",
-        placement=model_placement(model),
+        placement=model_placement(model), meta={"task": task, "tokenizer": f"{type(tok).__name__} from {model_dir}"},
     )  # fmt: skip
 
 

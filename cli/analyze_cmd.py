@@ -13,7 +13,7 @@ from hessian_spectra.errors import InputError
 
 
 def run_analysis(model, batches, loss, settings, options, *, source: str, weights_source=None, quiet: bool,
-                 label: str = "analyze", extra=None, kind: str = "analyze"):  # fmt: skip
+                 label: str = "analyze", extra=None, kind: str = "analyze", inputs=None):  # fmt: skip
     """Run :func:`hessian_spectra.analyses.report.analyze.analyze_model` with the cost estimate printed first and progress bars."""
     from hessian_spectra.analyses.report.analyze import analyze_model
 
@@ -24,7 +24,7 @@ def run_analysis(model, batches, loss, settings, options, *, source: str, weight
     with progress_bar(f"{label} hessian", quiet=quiet, unit="HVPs") as update:
         return analyze_model(
             model, batches, loss, settings, source=source, options=options, weights_source=weights_source,
-            progress=update, on_estimate=announce, extra=extra, kind=kind,
+            progress=update, on_estimate=announce, extra=extra, kind=kind, inputs=inputs,
         )  # fmt: skip
 
 
@@ -34,6 +34,7 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
                     device_map: str | None = None) -> dict:  # fmt: skip
     """Load the workload (factory or HF directory), analyse, write the report folder atomically.
     ``kind="hessian"`` (with every non-Hessian option off) is `spectra hessian`."""
+    from hessian_spectra.analyses.report.inputs import factory_inputs, hf_inputs
     from hessian_spectra.analyses.report.write import write_report
     from hessian_spectra.io import check_output_dir
 
@@ -62,16 +63,34 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
                                 dtype=settings.dtype)  # fmt: skip
         weights_source = model_dir
     work_batches = work.batches[:batches] if batches else work.batches
-    doc, figures = run_analysis(work.model, work_batches, work.loss, settings, options, source=work.source,
-                                weights_source=weights_source, quiet=quiet, label=kind, kind=kind,
-                                extra={"placement": work.placement})  # fmt: skip
-    write_report(out, doc, figures)
+    if factory is not None:
+        inputs = factory_inputs(factory, weights, work_batches)
+    else:
+        meta = work.meta or {}
+        inputs = hf_inputs(model_dir, data, task=meta.get("task"), tokenizer=meta.get("tokenizer"),
+                           batch_size=batch_size, seq_len=seq_len, batches=work_batches)  # fmt: skip
+    result = run_analysis(work.model, work_batches, work.loss, settings, options, source=work.source,
+                          weights_source=weights_source, quiet=quiet, label=kind, kind=kind,
+                          extra={"placement": work.placement}, inputs=inputs)  # fmt: skip
+    written = write_report(out, result.doc, result.figures, attachments=result.attachments)
     if not quiet:
-        console = out_console()
-        for line in doc["findings"]:
-            console.print(safe(line))
-        console.print(f"wrote report.json, report.md, report.html to {safe(out)}")
-    return doc
+        print_actions(result.doc)
+        out_console().print(
+            f"wrote {', '.join(sorted({p.relative_to(out).parts[0] for p in written}))} to {safe(out)}"
+        )
+    return result.doc
+
+
+def print_actions(doc) -> None:
+    """The report's "what to do" on the terminal: each action with its confidence, then the summary."""
+    console = out_console()
+    for i, a in enumerate(doc.get("actions") or [], 1):
+        console.print(
+            safe(f"{i}. {a['statement']} ")
+            + f"[dim]({safe(a['confidence'])} confidence; report section #{safe(a['anchor'])})[/]"
+        )
+    for line in doc.get("summary") or []:
+        console.print(safe(line))
 
 
 def register(app: typer.Typer) -> None:

@@ -26,7 +26,10 @@ def run_demo(
 
     import torch
     from hessian_spectra.analyses.demo import DemoBudget, demo_cases
+    from hessian_spectra.analyses.findings.rules import verdict_reasons
     from hessian_spectra.analyses.report.analyze import AnalyzeOptions
+    from hessian_spectra.analyses.report.inputs import generated_input
+    from hessian_spectra.analyses.report.numbers import fmt
     from hessian_spectra.analyses.report.write import write_report
     from hessian_spectra.cli.analyze_cmd import run_analysis
     from hessian_spectra.curvature.probe import HessianSettings
@@ -47,25 +50,34 @@ def run_demo(
     rows = []
     with staged_directory(out) as stage:
         md = ["# spectra demo: a small transformer vs a small CNN", "",
-              "| model | verdict | statistic (decades) | flat blocks | exact blocks | mean JS scales-kept | shape-only |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| model | verdict | decided by | flat blocks | exact blocks | mean JS (each convention) |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
         details = []
         for case in cases:
-            doc, figures = run_analysis(
-                case.model, case.batches, case.loss, settings, options, source=f"demo:{case.name}",
-                quiet=quiet, label=case.name, extra={"demo": case.to_dict()},
+            inputs = generated_input(
+                f"built-in demo model '{case.name}' trained on synthetic data", by="spectra demo", seed=seed,
+                settings={"budget": budget.__dict__, **case.to_dict()},
             )  # fmt: skip
-            write_report(out / case.name, doc, figures, stage=stage / case.name)
+            result = run_analysis(
+                case.model, case.batches, case.loss, settings, options, source=f"demo:{case.name}",
+                quiet=quiet, label=case.name, extra={"demo": case.to_dict()}, inputs=inputs,
+            )  # fmt: skip
+            doc = result.doc
+            write_report(
+                out / case.name, doc, result.figures, stage=stage / case.name, attachments=result.attachments
+            )
             het = doc["heterogeneity"]
-            stat, m = het["statistic"], het["mean_js"]
+            reasons = "; ".join(verdict_reasons(het))
+            js = ", ".join(f"{k} {fmt(v, 3)}" for k, v in het["mean_js"].items())
             exact = f"{doc['hessian']['num_exact_blocks']} of {len(doc['hessian']['blocks'])}"
-            md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {stat['name']} "
-                      f"{stat['value']:.2f} +- {stat['stderr']:.2g} (threshold {stat['threshold']:g}) | "
-                      f"{len(het['flat_blocks'])} | {exact} | {m['scales-kept']:.3f} | {m['shape-only']:.3f} |")  # fmt: skip
-            details += [f"## {case.name}: {case.description}", "", *[f"- {f}" for f in doc["findings"]], ""]
+            md.append(f"| [{case.name}]({case.name}/report.html) | {het['verdict']} | {reasons} | "
+                      f"{len(het['flat_blocks'])} | {exact} | {js} |")  # fmt: skip
+            details += [f"## {case.name}: {case.description}", "", "What to do:", "",
+                        *[f"{i}. {a['statement']} ({a['confidence']} confidence)" for i, a in enumerate(doc["actions"], 1)],
+                        "", *[f"- {f}" for f in doc["summary"]], ""]  # fmt: skip
             rows.append(
-                {"name": case.name, "verdict": het["verdict"], "verdict_line": het["verdict_line"], "mean_js": m,
-                 "statistic": stat, "exact_blocks": exact}
+                {"name": case.name, "verdict": het["verdict"], "verdict_line": het["verdict_line"],
+                 "mean_js": het["mean_js"], "statistic": het["statistic"], "exact_blocks": exact, "reasons": reasons}
             )  # fmt: skip
         md += ["", f"Rule: {het['verdict_rule']}.", "", *details,
                f"Total time {time.perf_counter() - started:.0f} s ({'reduced' if reduced else 'full'} budget)."]  # fmt: skip

@@ -21,29 +21,48 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: flags read as flags (`--plots / --no-plots`, `-q, --quiet`); typer's rich panels
+    # print a `<bool>` value after every flag, which the flag does not take
+    rich_markup_mode=None,
 )
 
 
+def version_line() -> str:
+    """``hessian-spectra X (python ..., torch ..., numpy ..., scipy ...)``, without importing torch."""
+    from hessian_spectra.weights.provenance import provenance
+
+    info = provenance(seed=0)
+    deps = ", ".join(f"{k} {info[k]}" for k in ("python", "torch", "numpy", "scipy"))
+    return f"hessian-spectra {info['tool_version']} ({deps})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version (and torch, numpy, scipy) and exit.",
+                     callback=_print_version, is_eager=True),
+    ] = False,
     debug: Annotated[
         bool,
         typer.Option(
             "--debug", help="Full tracebacks and library warnings (anywhere on the line; or SPECTRA_DEBUG=1)."
         ),
     ] = False,
-) -> None:
+) -> None:  # fmt: skip
     """Curvature (Hessian) and weight spectra of PyTorch checkpoints, and what to do about them."""
 
 
 @app.command()
 def version() -> None:
     """Print the versions of hessian-spectra and its main dependencies."""
-    from hessian_spectra.weights.provenance import provenance
-
-    info = provenance(seed=0)
-    for key in ("tool_version", "python", "torch", "numpy", "scipy"):
-        typer.echo(f"{key}: {info[key]}")
+    typer.echo(version_line())
 
 
 def _register_commands() -> None:

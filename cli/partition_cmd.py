@@ -75,11 +75,13 @@ def run_partition(
     doc["provenance"] = provenance(seed)
     atomic_write_json(out, doc)
     if not quiet:
+        from hessian_spectra.analyses.report.numbers import fmt
+
         console = out_console()
         s = partition.summary
         for key in ("num_learning_rates", "learning_rate_share", "num_params"):
             if key in s:
-                console.print(safe(f"{key}: {s[key]}"))
+                console.print(safe(f"{key}: {fmt(s[key])}"))
         if partition.unresolved:
             console.print(
                 f"[bold yellow]unresolved[/] ({len(partition.unresolved)}): {safe(', '.join(partition.unresolved[:8]))}"
@@ -89,7 +91,8 @@ def run_partition(
                 verdict = "pass" if rule["passed"] else "FAIL"
                 console.print(
                     safe(
-                        f"rule {rule['key']}: share {rule['share']:.3f} vs random {rule['random_mean']:.3f}: {verdict}"
+                        f"rule {rule['key']}: share {fmt(rule['share'], 3)} vs random {fmt(rule['random_mean'], 3)}: "
+                        f"{verdict}"
                     )
                 )
         console.print(f"wrote {safe(out)}")

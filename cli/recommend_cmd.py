@@ -87,16 +87,18 @@ def run_recommend(
             f"{len(skipped)} matrices without a full nonzero finite spectrum (status partial, zero or nonfinite) "
             f"were not assessed: {', '.join(skipped[:10])}"
         )
-    markdown = f"# Recommendations for {Path(report.source).name}\n\n" + render_markdown(recs)
+    markdown = render_markdown(doc, title=f"Recommendations for {Path(report.source).name}")
     with staged_directory(out) as stage:
         atomic_write_json(stage / "recommendations.json", doc)
         atomic_write_text(stage / "recommendations.md", markdown)
     if not quiet:
+        from hessian_spectra.analyses.report.numbers import fmt
+
         summary = recs.summary
         console = out_console()
         for key, value in summary.items():
             if not isinstance(value, dict | list):
-                console.print(safe(f"{key}: {value}"))
+                console.print(safe(f"{key}: {fmt(value)}"))
         console.print(f"wrote recommendations.json, recommendations.md to {safe(out)}")
     return doc
 

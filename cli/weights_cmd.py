@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +10,9 @@ from hessian_spectra.cli.console import out_console, progress_bar, safe
 from hessian_spectra.errors import InputError
 
 FORMATS = {"json", "csv"}
+#: The terminal table's columns (glossary keys).
+TABLE_COLUMNS = ("matrix", "shape", "sigma_max", "stable_rank", "condition_number", "modified_condition_number",
+                 "alpha", "n_tail", "mp_n_spikes", "status")  # fmt: skip
 
 
 def run_weights(
@@ -31,6 +32,12 @@ def run_weights(
     device: str = "auto",
 ) -> None:
     """Validate arguments, analyse, then write every requested output in one atomic step."""
+    from hessian_spectra.analyses.report.inputs import (
+        finish_inputs,
+        folder_files,
+        generated_input,
+        hash_files,
+    )
     from hessian_spectra.io import atomic_write_json, atomic_write_text, check_output_dir, staged_directory
     from hessian_spectra.weights.plan import WeightsSettings
     from hessian_spectra.weights.probe import analyze_weights
@@ -55,80 +62,97 @@ def run_weights(
     check_output_dir(out)  # a bad --out fails now, not after the analysis
 
     settings = WeightsSettings(layers=layers, topk=topk, dtype=dtype, threads=threads, seed=seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        if example:
+    written: list[str] = []
+    with staged_directory(out) as stage:
+        if example:  # written where it is kept, and recorded as the tool's own input, not as a temp path
             from hessian_spectra.checkpoints.examples import write_example_checkpoint
 
-            source = write_example_checkpoint(Path(tmp) / "example-checkpoint", seed=seed)
+            source = write_example_checkpoint(stage / "example-checkpoint", seed=seed)
+            written.append("example-checkpoint/")
         else:
             source = Path(path)
+        hashes = None  # hashed in a background thread while the spectra are computed (cost in hash_seconds)
+        if source.is_dir():
+            hashes = hash_files(folder_files(source), source)
+        elif source.is_file():
+            hashes = hash_files(_files_read(source), source.parent)
         with progress_bar("weights", quiet=quiet) as update:
             report = analyze_weights(source, settings, progress=update, device=dev)
         if not report.matrices:
             raise InputError(report.source, "no weight matrices to analyse (every tensor was skipped)")
+        if example:
+            report = _kept_at(report, stage, out)
+            inputs = generated_input("built-in example checkpoint", by="spectra weights --example", seed=seed,
+                                     path="example-checkpoint")  # fmt: skip
+            inputs["hashes"] = hashes
+        else:
+            inputs = {"kind": "checkpoint", "path": str(source.resolve()), "hashes": hashes}
+        doc = report.to_dict()
+        doc["inputs"] = finish_inputs(inputs)  # joins the hashing thread (before any plotting process forks)
+        if "json" in wanted:
+            atomic_write_json(stage / "weights.json", doc)
+            written.append("weights.json")
+        if "csv" in wanted:
+            atomic_write_text(stage / "weights.csv", report_csv(report))
+            written.append("weights.csv")
+        if plots:
+            from hessian_spectra.figures.depth import plot_metrics_vs_depth
+            from hessian_spectra.figures.esd import plot_all_esds
 
-        written: list[str] = []
-        with staged_directory(out) as stage:
-            if "json" in wanted:
-                atomic_write_json(stage / "weights.json", report.to_dict())
-                written.append("weights.json")
-            if "csv" in wanted:
-                atomic_write_text(stage / "weights.csv", report_csv(report))
-                written.append("weights.csv")
-            if example:
-                import shutil
-
-                shutil.copytree(source, stage / "example-checkpoint")
-                written.append("example-checkpoint/")
-            if plots:
-                from hessian_spectra.figures.depth import plot_metrics_vs_depth
-                from hessian_spectra.figures.esd import plot_all_esds
-
-                esd_files = plot_all_esds(report, stage / "esd")
-                plot_metrics_vs_depth(report, stage / "depth.png")
-                written.append(f"esd/ ({len(esd_files)} PNGs)")
-                written.append("depth.png")
+            esd_files = plot_all_esds(report, stage / "esd")
+            plot_metrics_vs_depth(report, stage / "depth.png")
+            written.append(f"esd/ ({len(esd_files)} PNGs)")
+            written.append("depth.png")
     if not quiet:
         _print_table(report, table_rows)
         out_console().print(f"wrote {', '.join(written)} to {safe(out)}")
 
 
-def _fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}g}"
+def _files_read(path: Path) -> list[Path]:
+    """The files a checkpoint path stands for: itself, plus the shards a ``*.index.json`` lists."""
+    files = [path]
+    if path.name.endswith(".index.json"):
+        import json
+
+        try:
+            shards = sorted(set(json.loads(path.read_text()).get("weight_map", {}).values()))
+        except (OSError, ValueError, AttributeError):
+            shards = []  # the reader reports a broken index with its own message
+        files += [path.parent / s for s in shards if (path.parent / s).is_file() and "/" not in s]
+    return files
+
+
+def _kept_at(report, stage: Path, out: Path):
+    """``report`` with paths inside the staging folder rewritten to where they are kept (``out``)."""
+    from dataclasses import replace
+
+    def moved(p: str) -> str:
+        return str(out / Path(p).relative_to(stage)) if Path(p).is_relative_to(stage) else p
+
+    return replace(
+        report, source=moved(report.source), files=tuple(replace(f, path=moved(f.path)) for f in report.files)
+    )
 
 
 def _print_table(report, max_rows: int) -> None:
     """A readable table of the main metrics, plus the robust model summary."""
+    from hessian_spectra.analyses.glossary.core import term
+    from hessian_spectra.analyses.report.numbers import fmt
     from rich.table import Table
 
     table = Table(title=f"weight spectra: {safe(report.source)}", show_lines=False)
-    for col in (
-        "matrix",
-        "shape",
-        "sigma_max",
-        "stable rank",
-        "kappa",
-        "mod kappa",
-        "alpha (n_tail)",
-        "MP spikes",
-        "status",
-    ):
-        table.add_column(col, overflow="fold")
+    for key in TABLE_COLUMNS:  # every column is a glossary entry (README, report.md)
+        table.add_column(term(key).label, overflow="fold")
     rows = report.matrices
     shown = rows if len(rows) <= max_rows else rows[:max_rows]
     for m in shown:
         x = m.metrics
         if x is None:
-            table.add_row(safe(m.name), f"{m.shape[0]}x{m.shape[1]}", "-", "-", "-", "-", "-", "-", m.status)
+            table.add_row(safe(m.name), f"{m.shape[0]}x{m.shape[1]}", *["-"] * (len(TABLE_COLUMNS) - 3), m.status)
             continue
-        alpha = "-" if x.alpha is None else f"{x.alpha:.3g} ({x.n_tail})"
         table.add_row(
-            safe(m.name), f"{m.shape[0]}x{m.shape[1]}", _fmt(x.sigma_max), _fmt(x.stable_rank), _fmt(x.condition_number),
-            _fmt(x.modified_condition_number), alpha, _fmt(x.mp_n_spikes), m.status,
+            safe(m.name), f"{m.shape[0]}x{m.shape[1]}", fmt(x.sigma_max), fmt(x.stable_rank), fmt(x.condition_number),
+            fmt(x.modified_condition_number), fmt(x.alpha, 3), fmt(x.n_tail), fmt(x.mp_n_spikes), m.status,
         )  # fmt: skip
     console = out_console()
     console.print(table)
@@ -155,10 +179,10 @@ def _print_table(report, max_rows: int) -> None:
                 if s.outliers
                 else ""
             )
-            parts.append(f"median {label} {s.median:.4g} (mean {_fmt(s.mean)}{outl})")
+            parts.append(f"median {label} {fmt(s.median)} (mean {fmt(s.mean)}{outl})")
     mck = summary.get("modified_condition_number")
     if mck is not None and mck.geometric_mean is not None:
-        parts.append(f"GMCN (geometric mean of modified kappa) {mck.geometric_mean:.4g}")
+        parts.append(f"GMCN (geometric mean of modified kappa) {fmt(mck.geometric_mean)}")
     for line in parts:
         console.print(line)
     nonfinite = [m.name for m in report.matrices if m.status == "nonfinite"]
@@ -180,7 +204,9 @@ def weights(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("spectra-out/weights"),
     format: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv.")] = "json,csv",
-    plots: Annotated[bool, typer.Option("--plots", help="Also write ESD and depth figures (PNG).")] = False,
+    plots: Annotated[
+        bool, typer.Option("--plots/--no-plots", help="Also write ESD and depth figures (PNG).")
+    ] = False,
     layers: Annotated[
         list[str] | None, typer.Option("--layers", help="Glob on tensor names; repeat for several.")
     ] = None,

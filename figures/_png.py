@@ -6,13 +6,15 @@ import base64
 import io
 
 
-def png_bytes(fig, dpi: int = 100) -> bytes:
-    """Render ``fig`` to PNG bytes and close it."""
+def png_bytes(fig, dpi: int = 100, close: bool = True) -> bytes:
+    """Render ``fig`` to PNG bytes (fast zlib level; the layout is fixed by the caller, so no tight bbox
+    pass) and close it unless ``close`` is False (a canvas reused for the next figure)."""
     from hessian_spectra.figures._mpl import pyplot
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 2})
+    if close:
+        pyplot().close(fig)
     return buf.getvalue()
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "check_output_file",
     "json_safe",
     "staged_directory",
+    "umask_mode",
     "user_umask",
 ]
 
@@ -44,6 +45,12 @@ def user_umask() -> int:
     return mask
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process umask applied: what ``open()`` gives a new file (mkstemp makes 0600, so
+    files written through a temp file are chmod-ed to this)."""
+    return mode & ~user_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename.
 
@@ -59,7 +66,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, durable: bool = True) -
         raise OutputError(path, f"cannot write ({exc.strerror or exc})") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~user_umask())
+            os.fchmod(fh.fileno(), umask_mode())
             fh.write(data)
             fh.flush()
             if durable:

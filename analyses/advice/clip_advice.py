@@ -26,8 +26,9 @@ CLIP_STEP_CHANGE_WARN = 0.05
 class ClipMatrixReport:
     """Spectral-clipping findings for one matrix (the weights' own spectrum and an Adam-like update proxy).
 
-    ``sigma_max``, ``mp_*`` and ``spikes`` describe the weights (spikes: singular values above the fitted MP
-    edge plus a Tracy-Widom margin); ``weight_norm_bound`` = c/lambda*sqrt(max(1, r/c)) and ``bound_ratio`` =
+    ``sigma_max``, ``mp_*`` and ``spikes`` describe the weights with the one spike definition of the weights
+    probe (:func:`hessian_spectra.weights.marchenko.marchenko_pastur`: singular values above the fitted MP
+    edge plus its 99% Tracy-Widom margin, so ``n_spikes`` equals weights.csv's ``mp_n_spikes``); ``weight_norm_bound`` = c/lambda*sqrt(max(1, r/c)) and ``bound_ratio`` =
     sigma_max / bound (> 1: clipping with this decay would pull the weights down). The update proxy is an
     iid unit-entry (sign-like, Adam-normalised) matrix: ``update_sigma_typical`` = sqrt(r) + sqrt(c) (its MP
     edge), ``update_sigma_bound`` = sqrt(r c) (any update with |entries| <= 1); ``ns_steps`` /
@@ -113,7 +114,8 @@ def clip_groups(
     out = []
     for g, ms in sorted(groups.items()):
         max_sigma = max(float(np.max(m.singular_values)) for m in ms)
-        why = f"paper default c = {base:g} for a {n_params / 1e6:.1f}M-parameter model"
+        size = f"{n_params / 1e6:.3g}M" if n_params >= 1e6 else f"{n_params:,}"
+        why = f"paper default c = {base:g} for a {size}-parameter model"
         c = base
         if weight_decay and weight_decay > 0:
             needed = max(
@@ -157,15 +159,18 @@ def clip_report(
     """Spectral-clipping analysis of one matrix at threshold c."""
     s = np.sort(np.asarray(item.singular_values, dtype=np.float64))[::-1]
     rows, cols = item.shape
-    mp = clipping.mp_edge(s, rows, cols)
-    spikes = s[s > mp["threshold"]]
+    from hessian_spectra.weights.marchenko import marchenko_pastur
+
+    mp = marchenko_pastur(s, (rows, cols))
+    threshold = mp.bulk_edge + mp.margin
+    spikes = s[s > threshold]
     bound = clipping.weight_norm_bound(c, weight_decay or 0.0, rows, cols)
     typical = math.sqrt(rows) + math.sqrt(cols)
     worst = math.sqrt(rows * cols)
     step = lr * c * _aspect_factor(rows, cols) / float(s[0]) if lr and s[0] > 0 else None
     return ClipMatrixReport(
-        item.name, item.role, clip_group(item.role), (rows, cols), float(s[0]), mp["noise"], mp["edge"],
-        mp["threshold"], int(spikes.size), tuple(float(v) for v in spikes[:10]), c, bound, float(s[0]) / bound,
+        item.name, item.role, clip_group(item.role), (rows, cols), float(s[0]), mp.noise_sigma, mp.bulk_edge,
+        threshold, int(spikes.size), tuple(float(v) for v in spikes[:10]), c, bound, float(s[0]) / bound,
         typical, worst, clipping.newton_schulz_steps(worst / c), clipping.newton_schulz_steps(typical / c),
         clipping.soft_hard_gap(_update_proxy_spectrum(rows, cols), c), step,
     )  # fmt: skip

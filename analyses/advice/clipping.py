@@ -104,25 +104,6 @@ def weight_norm_bound(c: float, weight_decay: float, rows: int, cols: int) -> fl
     return c / weight_decay * math.sqrt(max(1.0, rows / cols))
 
 
-def mp_edge(sigma: np.ndarray, rows: int, cols: int) -> dict[str, float]:
-    """Robust noise scale and Marchenko-Pastur bulk edge of a spectrum.
-
-    The per-entry noise s is fitted from the median singular value (matched to the MP median at this
-    aspect ratio), edge = s (sqrt N + sqrt M); a Tracy-Widom-sized margin s (sqrt N + sqrt M)^(1/3)
-    (1/sqrt N + 1/sqrt M)^(1/3) * 4 separates spikes from bulk fluctuations.
-    """
-    from hessian_spectra.analyses.advice.pc_layer import _mp_sigma_quantile_fn
-
-    n, m = max(rows, cols), min(rows, cols)
-    s = np.asarray(sigma, dtype=np.float64)
-    quantile, upper = _mp_sigma_quantile_fn(n / m)
-    mp_median = float(quantile(0.5)) * math.sqrt(n)  # median sigma of an N x M matrix with unit entries
-    noise = float(np.median(s)) / mp_median if mp_median > 0 else 0.0
-    edge = noise * (math.sqrt(n) + math.sqrt(m))
-    tw = noise * (math.sqrt(n) + math.sqrt(m)) ** (1 / 3) * (1 / math.sqrt(n) + 1 / math.sqrt(m)) ** (1 / 3)
-    return {"noise": noise, "edge": edge, "threshold": edge + 4.0 * tw}
-
-
 def _check_c(c: float) -> None:
     if not (isinstance(c, int | float) and math.isfinite(c) and c > 0):
         raise InputError(None, f"clip threshold c must be a positive number, got {c!r}")

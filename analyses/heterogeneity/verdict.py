@@ -213,6 +213,11 @@ def analyze_heterogeneity(
         mean[conv.name] = mean_offdiagonal(js[conv.name])
         drivers[conv.name] = group_drivers(js_set, js[conv.name])
     drivers["statistic"] = statistic_drivers(live, stat, value) if value is not None else []
+    # the one quantity the verdict compared, as the report's findings cite it (never another number)
+    deciding = [] if value is None else [
+        {"quantity": f"{stat.name} (decades)", "key": stat.name, "value": value, "threshold": limit,
+         "fired": value >= limit, "stderr": boot.get("stderr")}
+    ]  # fmt: skip
     summary = {
         **stat.to_dict(),
         "value": value,
@@ -227,5 +232,6 @@ def analyze_heterogeneity(
             "min_dim": min_dim, "model_scale": scale, "flat_tolerance": tol, "dtype": dtype,
             "excluded_from_js": [s.name for s in everything if s.name not in {b.name for b in js_set}],
             "num_exact_blocks": sum(s.source == "exact" for s in everything),
+            "deciding": deciding,
         },
     )  # fmt: skip

@@ -94,8 +94,32 @@ def partition_model(model: Any, config: Any | None = None) -> Partition:
     return _build(entries, unresolved, model_info)
 
 
+#: Float tensors Hugging Face models keep as buffers, by their last name components (int/bool tensors such as
+#: ``position_ids`` are recognised by dtype): rotary frequencies and GPT-2/GPT-Neo causal masks (4-D).
+FLOAT_BUFFER_SUFFIXES = (("inv_freq",), ("attn", "masked_bias"), ("attention", "masked_bias"))
+MASK_BUFFER_SUFFIXES = (("attn", "bias"), ("attention", "bias"))
+
+
+def buffer_reason(name: str, shape: tuple[int, ...], dtype: str) -> str | None:
+    """Why a checkpoint tensor is a buffer and not a parameter (None: a parameter). ``dtype`` is the
+    safetensors dtype code (``F32``, ``BF16``, ``I64``, ``BOOL``, ...)."""
+    if not dtype.startswith(("F", "BF")):
+        return f"{dtype} tensor: only floating-point tensors are trained"
+    parts = tuple(name.split("."))
+    if any(parts[-len(s) :] == s for s in FLOAT_BUFFER_SUFFIXES):
+        return "a known Hugging Face buffer (rotary frequencies / attention mask constant)"
+    if len(shape) == 4 and any(parts[-len(s) :] == s for s in MASK_BUFFER_SUFFIXES):
+        return "a 4-D causal attention mask (GPT-2 style buffer)"
+    return None
+
+
 def partition_checkpoint(path: str | Path) -> Partition:
-    """Partition a Hugging Face folder (config.json + *.safetensors) from tensor shapes alone."""
+    """Partition a Hugging Face folder (config.json + *.safetensors) from tensor shapes alone.
+
+    Buffers saved with the weights (``position_ids``, rotary ``inv_freq``, causal masks; see
+    :func:`buffer_reason`) are not parameters and get no learning rate: they are listed in
+    ``model_info["buffers"]`` with the reason instead.
+    """
     from safetensors import safe_open
 
     folder = Path(path)
@@ -110,11 +134,19 @@ def partition_checkpoint(path: str | Path) -> Partition:
     if not files:
         raise InputError(folder, "no *.safetensors files")
     shapes: dict[str, tuple[int, ...]] = {}
+    buffers: dict[str, dict[str, Any]] = {}
     for f in files:
         with safe_open(str(f), framework="pt") as fh:
             for key in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
-                shapes[key] = tuple(fh.get_slice(key).get_shape())
+                sl = fh.get_slice(key)
+                shape, dtype = tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype())
+                reason = buffer_reason(key, shape, dtype)
+                if reason is None:
+                    shapes[key] = shape
+                else:
+                    buffers[key] = {"shape": list(shape), "dtype": dtype, "reason": reason}
     part = partition_model(shapes, config)
     info = dict(part.model_info)
     info["source"] = str(folder)
+    info["buffers"] = buffers
     return _build(dict(part.entries), list(part.unresolved), info)

@@ -3,14 +3,15 @@ per-head structure, recommendations) in turn, giving the report.json document an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-from hessian_spectra.analyses.report.document import build_document
+from hessian_spectra.analyses.report.document import PARTITION_FILE, build_document
 from hessian_spectra.analyses.report.plots import make_figures
 
-__all__ = ["AnalyzeOptions", "analyze_model"]
+__all__ = ["AnalyzeOptions", "Analysis", "analyze_model"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -34,8 +35,36 @@ class AnalyzeOptions:
         return asdict(self)
 
 
-# ----------------------------------------------------------------------------------------------------
-# running
+@dataclass(frozen=True)
+class Analysis:
+    """What :func:`analyze_model` gives: the report.json document, the figures (PNG bytes by key) and the
+    report folder's attachments (file name -> JSON-able dict). Unpacks as ``doc, figures``."""
+
+    doc: dict[str, Any]
+    figures: dict[str, bytes]
+    attachments: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.doc, self.figures))
+
+
+def _partition(model: Any, seed: int, n_heads: int | None) -> tuple[Any, dict[str, Any] | None]:
+    """The model's Adam-mini partition and its partition.json content (None, None when no rule applies);
+    a model without an HF config gets its heads from ``n_heads`` or the model (as ``--blocks adam-mini``)."""
+    from hessian_spectra.analyses.partitions.blockings import heads_config
+    from hessian_spectra.analyses.partitions.build import partition_model
+    from hessian_spectra.weights.provenance import provenance
+
+    try:
+        config = heads_config(model, n_heads) if getattr(model, "config", None) is None else None
+        part = partition_model(model, config)
+    except Exception:  # noqa: BLE001 - a model the partition rules cannot read gets no partition advice
+        return None, None
+    if not part.entries:
+        return None, None
+    content = part.to_dict()
+    content.update(source=type(model).__name__, provenance=provenance(seed))
+    return part, content
 
 
 def analyze_model(
@@ -52,9 +81,14 @@ def analyze_model(
     on_estimate: Callable[[Any], None] | None = None,
     extra: Mapping[str, Any] | None = None,
     kind: str = "analyze",
-) -> tuple[dict[str, Any], dict[str, bytes]]:
+    inputs: Mapping[str, Any] | None = None,
+    clip_source: Any = None,
+) -> Analysis:
     """Run the Hessian probe, heterogeneity, head structure, weights probe and recommendations on
-    ``model``; return ``(document, figures)``. ``weights_source`` (default: the live model) is what the
+    ``model``; return an :class:`Analysis` (unpacks as ``(document, figures)``; the Adam-mini partition is
+    its ``partition.json`` attachment). ``inputs``: what the model and data came from
+    (:mod:`hessian_spectra.analyses.report.inputs`); ``clip_source``: see
+    :func:`hessian_spectra.analyses.findings.collect.build_findings`. ``weights_source`` (default: the live model) is what the
     weights probe reads: a checkpoint path or the module itself. The blocks follow ``settings.blocks``
     (Adam-mini blocks via :func:`hessian_spectra.analyses.partitions.blockings.hessian_blocks`). ``kind``: "analyze", or "hessian"
     for the Hessian part alone (``spectra hessian``). The model is never modified."""
@@ -63,6 +97,7 @@ def analyze_model(
     from hessian_spectra.analyses.partitions.blockings import hessian_blocks
     from hessian_spectra.curvature.probe import run_hessian
 
+    started = datetime.now(timezone.utc)
     options = options or AnalyzeOptions()
     choice = hessian_blocks(model, settings)
     settings = choice.settings
@@ -104,10 +139,15 @@ def analyze_model(
                 inputs_from_weights_report(weights), options.optimizer, hessian=blocks or None,
                 n_params=sum(p.numel() for p in model.parameters()), seed=settings.seed,
             )  # fmt: skip
+    part, part_doc = _partition(model, settings.seed, options.n_heads or settings.n_heads)
     doc = build_document(
         source=source, seed=settings.seed, hessian=hess, heterogeneity=het, structure=structure,
-        weights=weights, recommendations=recs,
+        weights=weights, recommendations=recs, partition=part,
         model_info={"class": type(model).__name__, "parameters": int(sum(p.numel() for p in model.parameters()))},
         settings={"hessian": settings.to_dict(), "analyze": options.to_dict()}, extra=extra, kind=kind,
+        inputs=inputs, started=started, clip_source=clip_source,
     )  # fmt: skip
-    return doc, make_figures(hess, het, weights)
+    from hessian_spectra.analyses.findings.checks import flat_blocks
+
+    figures = make_figures(hess, het, weights, flat=set(flat_blocks(doc)))
+    return Analysis(doc, figures, {PARTITION_FILE: part_doc} if part_doc else {})

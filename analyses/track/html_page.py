@@ -7,23 +7,17 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from hessian_spectra.analyses.report.html_page import _CSS, _html_text
+from hessian_spectra.analyses.report.html_page import _CSS
+from hessian_spectra.analyses.report.html_page import inline_html as _html_text
+from hessian_spectra.analyses.report.numbers import fmt
 from hessian_spectra.analyses.track.plots import CAPTIONS
 
 __all__ = ["render_track_html"]
 
 
-def _g(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-    out += ["<tr>" + "".join(f"<td>{_html_text(_g(c))}</td>" for c in r) + "</tr>" for r in rows]
+    out += ["<tr>" + "".join(f"<td>{_html_text(c if isinstance(c, str) else fmt(c))}</td>" for c in r) + "</tr>" for r in rows]
     return "".join(out) + "</table>"
 
 

@@ -47,15 +47,14 @@ def example_state_dict(
 
 def write_example_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     """Write the example as ``model.safetensors`` + ``config.json`` in ``folder``; return the folder."""
-    from hessian_spectra.io import atomic_write_text
-    from safetensors.torch import save_file
+    from hessian_spectra.io import atomic_write_bytes, atomic_write_text
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sd = example_state_dict(seed)
-    save_file(
-        sd, str(folder / "model.safetensors"), metadata={"format": "pt", "source": "hessian-spectra example"}
-    )
+    data = save(sd, metadata={"format": "pt", "source": "hessian-spectra example", "seed": str(seed)})
+    atomic_write_bytes(folder / "model.safetensors", data)  # honours the umask (save_file makes 0600)
     config = {
         "model_type": "spectra-example",
         "num_attention_heads": 4,

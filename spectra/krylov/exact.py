@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from hessian_spectra.io import json_safe
-from hessian_spectra.krylov.linop import LinearOperator
 from hessian_spectra.krylov.density import GRID_MARGIN_SIGMAS, SpectralDensity, kernel_mixture
+from hessian_spectra.krylov.linop import LinearOperator
 
 __all__ = ["ExactSpectrum", "dense_matrix", "dense_spectrum", "symmetric_eigvalsh"]
 

@@ -109,23 +109,26 @@ def test_weight_norm_bound_is_the_steady_state_of_post_clipped_training(shape):
     assert cl.weight_norm_bound(c, 0.0, rows, cols) == math.inf
 
 
-def test_mp_edge_fits_noise_and_counts_planted_spikes():
+def test_clip_spikes_use_the_weights_spike_definition():
+    """One spike definition (issue #15: recommend said 27 and weights 34 for the same matrix): the clip
+    report's spikes are the weights probe's MP spikes, noise fit and edge included."""
+    from hessian_spectra.analyses.advice.clip_advice import clip_report
+    from hessian_spectra.analyses.advice.inputs import MatrixInput
+    from hessian_spectra.weights.marchenko import marchenko_pastur
+
     rng = np.random.default_rng(0)
     n, m, sd = 400, 160, 0.03
     noise = rng.standard_normal((n, m)) * sd
-    s = np.linalg.svd(noise, compute_uv=False)
-    fit = cl.mp_edge(s, n, m)
-    assert fit["noise"] == pytest.approx(sd, rel=0.03)
-    assert fit["edge"] == pytest.approx(sd * (math.sqrt(n) + math.sqrt(m)), rel=0.03)
-    assert np.sum(s > fit["threshold"]) == 0
-    # three spikes well above the BBP threshold
-    a = rng.standard_normal((n, 3))
-    b = rng.standard_normal((m, 3))
-    a, _ = np.linalg.qr(a)
-    b, _ = np.linalg.qr(b)
-    planted = noise + (a * np.array([3.0, 2.5, 2.0]) * fit["edge"]) @ b.T
-    s2 = np.linalg.svd(planted, compute_uv=False)
-    assert np.sum(s2 > cl.mp_edge(s2, n, m)["threshold"]) == 3
+    a, _ = np.linalg.qr(rng.standard_normal((n, 3)))
+    b, _ = np.linalg.qr(rng.standard_normal((m, 3)))
+    edge = sd * (math.sqrt(n) + math.sqrt(m))
+    for w, planted in ((noise, 0), (noise + (a * np.array([3.0, 2.5, 2.0]) * edge) @ b.T, 3)):
+        s = np.linalg.svd(w, compute_uv=False)
+        rep = clip_report(MatrixInput("w", "mlp_up", (n, m), s), 5.0, None)
+        fit = marchenko_pastur(s, (n, m))
+        assert rep.n_spikes == fit.n_spikes == planted
+        assert rep.mp_edge == fit.bulk_edge and rep.spike_threshold == fit.bulk_edge + fit.margin
+        assert rep.mp_noise == pytest.approx(sd, rel=0.03)
 
 
 def test_bad_threshold_is_an_input_error():

