@@ -85,6 +85,7 @@ def analyze_weights(
         files = tuple(ckpt.files)
         notes = tuple(ckpt.notes)
         display = ckpt.source
+        optimizer = ckpt.optimizer_report() if settings.optimizer_state else None
     elapsed = time.perf_counter() - started
     summary = summarize([m.metrics for m in results if m.metrics is not None])
     return WeightsReport(
@@ -103,6 +104,7 @@ def analyze_weights(
             },
         ),
         notes=notes,
+        optimizer_state=optimizer,
     )
 
 
