@@ -4,8 +4,9 @@ per-tensor diagonal-curvature proxy.
 ``Optimizer.state_dict()`` names parameters by position (``param_groups[g]["params"]`` are integers in the
 order of ``model.parameters()``), not by name. :func:`map_parameters` recovers names: exactly from
 ``param_groups[g]["param_names"]`` when the optimizer was built from ``named_parameters()``; otherwise by
-order and shape against the state dict's floating-point tensors (a subsequence match, accepted only when
-the leftmost and rightmost matches agree, i.e. the assignment is unique); else it says why it cannot.
+position against the state dict's floating-point tensors (all of them, or all but known buffer names such
+as ``running_mean``, when the shapes agree one to one); else by a subsequence match on shapes, accepted only
+when the leftmost and rightmost matches agree (the assignment is unique); else it says why it cannot.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Any
 
 from hessian_spectra.checkpoints.base import TensorMeta, _dtype_name
 
-__all__ = ["optimizer_metas", "map_parameters", "second_moments", "ParameterMap"]
+__all__ = ["optimizer_metas", "map_parameters", "second_moments", "ParameterMap", "BUFFER_LEAVES"]
+
+#: state-dict leaves that are buffers, never parameters (BatchNorm statistics, rotary and position tables)
+BUFFER_LEAVES = frozenset({
+    "running_mean", "running_var", "num_batches_tracked", "inv_freq", "position_ids", "masked_bias",
+    "relative_position_index", "_float_tensor",
+})  # fmt: skip
 
 
 def _params(opt: dict) -> list[int]:
@@ -88,27 +95,38 @@ def map_parameters(opt: dict, weights: dict[str, Any]) -> ParameterMap:
         )
     cands = [(n, tuple(t.shape)) for n, t in weights.items() if _is_float(t)]
     shapes = [_state_shape(opt, i) for i in ids]
-    if len(cands) == len(ids) and all(s is None or s == c[1] for s, c in zip(shapes, cands, strict=True)):
-        return ParameterMap(
-            {i: c[0] for i, c in zip(ids, cands, strict=True)},
-            "order",
-            "by position: every floating-point tensor of the state dict is a parameter, shapes agree",
-        )
-    left = _match(shapes, [c[1] for c in cands])
-    right = _match(shapes[::-1], [c[1] for c in cands][::-1])
-    if left is not None and right is not None:
-        right = [len(cands) - 1 - j for j in right[::-1]]
-        if left == right:
-            skipped = len(cands) - len(ids)
+    named = [c for c in cands if c[0].rsplit(".", 1)[-1] not in BUFFER_LEAVES]
+    for pool, how in ((cands, "every floating-point tensor of the state dict is a parameter"),
+                      (named, f"buffers excluded by name ({len(cands) - len(named)} of them)")):  # fmt: skip
+        if len(pool) == len(ids) and all(s is None or s == c[1] for s, c in zip(shapes, pool, strict=True)):
             return ParameterMap(
-                {i: cands[j][0] for i, j in zip(ids, left, strict=True)}, "order and shape",
-                f"by position and shape, {skipped} floating-point tensors of the state dict are not parameters (buffers or tied copies); the match is unique",
+                {i: c[0] for i, c in zip(ids, pool, strict=True)},
+                "order",
+                f"by position: {how}; shapes agree",
+            )
+    for pool in (named, cands):
+        match = _unique_match(shapes, [c[1] for c in pool])
+        if match is not None:
+            return ParameterMap(
+                {i: pool[j][0] for i, j in zip(ids, match, strict=True)}, "order and shape",
+                f"by position and shape, {len(pool) - len(ids)} floating-point tensors of the state dict are not "
+                "parameters (buffers or tied copies); the match is unique",
             )  # fmt: skip
     return ParameterMap(
         {}, "none",
         f"not mapped to names: the optimizer lists {len(ids)} parameters by position and the state dict's "
         f"{len(cands)} floating-point tensors do not line up with them in exactly one way",
     )  # fmt: skip
+
+
+def _unique_match(shapes: list, cands: list) -> list[int] | None:
+    """The subsequence match of ``shapes`` into ``cands`` when it is the only one (leftmost == rightmost)."""
+    left = _match(shapes, cands)
+    right = _match(shapes[::-1], cands[::-1])
+    if left is None or right is None:
+        return None
+    right = [len(cands) - 1 - j for j in right[::-1]]
+    return left if left == right else None
 
 
 def _is_float(t: Any) -> bool:

@@ -128,7 +128,8 @@ WRAPPER_KEYS = frozenset({
 })  # fmt: skip
 
 
-def _leaf_names(node: Any) -> set[str]:
+def _leaf_names(node: Any) -> set[tuple[str, tuple]]:
+    """(name, shape) of every tensor below ``node``: equal sets mean copies of one model (EMA, SWA)."""
     import torch
 
     names, stack = set(), [(node, "", 0)]
@@ -137,15 +138,15 @@ def _leaf_names(node: Any) -> set[str]:
         for k, v in _children(cur):
             full = f"{name}.{k}" if name else k
             if isinstance(v, torch.Tensor):
-                names.add(full)
+                names.add((full, tuple(v.shape) if not v.is_nested else ()))
             elif isinstance(v, dict | list | tuple) and depth < _MAX_DEPTH:
                 stack.append((v, full, depth + 1))
     return names
 
 
 def _alternatives(kids: list[tuple[str, Any]]) -> bool:
-    """True when sibling entries are whole models (wrapper/EMA keys, or copies with the same names)
-    rather than parts of one model (``encoder``/``decoder``), which are flattened together."""
+    """True when sibling entries are whole models (wrapper/EMA keys, or copies with the same names and
+    shapes) rather than parts of one model (``encoder``/``decoder``), which are flattened together."""
     if all(k.lower() in WRAPPER_KEYS or _EMA.search(k) for k, _ in kids):
         return True
     first = _leaf_names(kids[0][1])
