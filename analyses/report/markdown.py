@@ -22,6 +22,9 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list[str], list[tuple[l
     """(title, paragraphs, tables) per section; shared by the markdown and HTML renderers."""
     out = []
     out.append(("Summary", list(doc.get("findings", [])), []))
+    inputs = _inputs_paragraphs(doc)
+    if inputs:
+        out.append(("Inputs", inputs, []))
     het = doc.get("heterogeneity")
     if doc.get("hessian"):
         rows = [
@@ -101,6 +104,26 @@ def _sections(doc: Mapping[str, Any]) -> list[tuple[str, list[str], list[tuple[l
              [(["matrix", "role", "shape", "sigma_max", "stable rank", "alpha", "mod. kappa", "status"], rows)])
         )  # fmt: skip
     return out
+
+
+def _inputs_paragraphs(doc: Mapping[str, Any]) -> list[str]:
+    """What the workload was built from, and every tensor the checkpoint did not provide (never silent)."""
+    paras = []
+    inputs, loading = doc.get("inputs") or {}, doc.get("loading") or {}
+    if inputs.get("task"):
+        paras.append(f"Task `{inputs['task']}` on `{inputs.get('data')}`: {inputs.get('batches')} batches of "
+                     f"{inputs.get('batch_size')}." + (f" Loss: {inputs['loss']}." if inputs.get("loss") else ""))  # fmt: skip
+    fresh = loading.get("freshly_initialised") or []
+    if fresh:
+        paras.append(f"**{len(fresh)} tensors were freshly initialised** (not in the checkpoint; --allow-missing): "
+                     + ", ".join(f"`{n}`" for n in fresh[:20]) + (" ..." if len(fresh) > 20 else ""))  # fmt: skip
+    if loading.get("unexpected"):
+        paras.append(f"{len(loading['unexpected'])} checkpoint tensors are not in the model and were not used: "
+                     + ", ".join(f"`{n}`" for n in loading["unexpected"][:20]))  # fmt: skip
+    if loading.get("ignored"):
+        paras.append(f"{len(loading['ignored'])} checkpoint tensors belong to a head this task does not use (ignored): "
+                     + ", ".join(f"`{n}`" for n in loading["ignored"][:8]) + (" ..." if len(loading["ignored"]) > 8 else ""))  # fmt: skip
+    return paras
 
 
 def render_markdown(doc: Mapping[str, Any]) -> str:
