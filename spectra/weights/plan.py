@@ -37,6 +37,8 @@ class WeightsSettings:
     split_qkv: bool = True
     #: also summarise Adam's second moments per parameter when the checkpoint holds optimizer state
     optimizer_state: bool = False
+    #: the nested entry of a torch checkpoint to read (``"ema"``); None: chosen automatically
+    entry: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,126 @@
+"""The new inputs end to end through the CLI: sentence encoders and image folders in `spectra analyze` /
+`spectra hessian`, wrapped training checkpoints and GGUF files in `spectra weights`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from support.cli import assert_clean_failure, run_cli
+from support.hf import pair_lines, tiny_sentence_encoder
+
+BUDGET = [
+    "--top-k",
+    "1",
+    "--probes",
+    "1",
+    "--steps",
+    "4",
+    "--block-probes",
+    "1",
+    "--block-steps",
+    "2",
+    "--quiet",
+]
+
+
+def test_analyze_a_sentence_encoder_folder(tmp_path, capsys):
+    folder = tiny_sentence_encoder(tmp_path / "enc")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"anchor": a, "positive": p}) for a, p in pair_lines(8)))
+    capsys.readouterr()
+    out = tmp_path / "out"
+    code, _, err = run_cli(["analyze", str(folder), "--data", str(data), "--batches", "2", "--batch-size", "4",
+                            "--no-structure", "--out", str(out), *BUDGET], capsys)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((out / "report.json").read_text())
+    assert (
+        doc["inputs"]["task"] == "embedding" and doc["inputs"]["pairs"] == 8 and doc["inputs"]["batches"] == 2
+    )
+    assert doc["inputs"]["encoder"]["pooling"] == ["mean"] and doc["loading"]["freshly_initialised"] == []
+    assert doc["weights"]["summary"]["n_matrices"] > 0 and doc["hessian"]["lanczos"]["lambda_max"] > 0
+    assert "Task `embedding`" in (out / "report.md").read_text()
+
+
+def test_hessian_of_an_image_classifier_from_a_folder(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from support.vision import class_folders as _images
+    from support.vision import tiny_vit_folder as _vit_folder
+
+    folder = _vit_folder(tmp_path / "vit")
+    _images(tmp_path / "imgs", per_class=2)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    code, _, err = run_cli(["hessian", str(folder), "--data", str(tmp_path / "imgs"), "--batch-size", "3",
+                            "--batches", "2", "--out", str(out), *BUDGET], capsys)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["inputs"]["task"] == "image-classification" and doc["inputs"]["images"] == 6
+
+
+def test_allow_missing_is_refused_with_a_factory(tmp_path, capsys):
+    from support.cli import FACTORY
+
+    factory = tmp_path / "f.py"
+    factory.write_text(FACTORY)
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        ["hessian", "--model-factory", f"{factory}:make", "--allow-missing", "--out", str(out), *BUDGET],
+        capsys,
+    )
+    assert_clean_failure(code, err, "--allow-missing", out)
+
+
+def test_weights_of_a_training_checkpoint_with_ema_and_optimizer(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(5, 8)).sum().backward()
+    opt.step()
+    ema = {k: 0.5 * v for k, v in net.state_dict().items()}
+    ddp = {f"module.{k}": v for k, v in net.state_dict().items()}
+    path = tmp_path / "last.ckpt"
+    torch.save({"epoch": 1, "model_state": ddp, "ema": ema, "optimizer_state": opt.state_dict()}, path)
+    out = tmp_path / "w"
+    code, stdout, err = run_cli(["weights", str(path), "--out", str(out), "--optimizer-state"], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "weights.json").read_text())
+    assert [m["name"] for m in doc["matrices"]] == ["0.weight", "2.weight"]
+    inv = {r["name"]: r for r in doc["inventory"]}
+    assert inv["0.weight"]["key"] == "model_state/module.0.weight"
+    assert sum(r["kind"] == "optimizer_state" for r in doc["inventory"]) == 3 * 4
+    moments = doc["optimizer_state"]["optimizers"][0]
+    assert moments["mapping"] == "order" and {r["name"] for r in moments["parameters"]} == {
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+    }
+    assert any("'ema'" in n for n in doc["notes"])
+    sigma = doc["matrices"][0]["metrics"]["sigma_max"]
+    code, _, err = run_cli(
+        ["weights", str(path), "--entry", "ema", "--out", str(tmp_path / "e"), "--quiet"], capsys
+    )
+    assert code == 0, err
+    ema_doc = json.loads((tmp_path / "e" / "weights.json").read_text())
+    assert ema_doc["matrices"][0]["metrics"]["sigma_max"] == pytest.approx(0.5 * sigma, rel=1e-12)
+    assert ema_doc["settings"]["entry"] == "ema"
+
+
+def test_weights_of_a_gguf_file(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    from support import gguf_factory as gf
+
+    sd, _ = gf.llama_state_dict()
+    path = gf.write_llama_gguf(sd, tmp_path / "tiny-Q8_0.gguf", qtype="Q8_0")
+    capsys.readouterr()
+    out = tmp_path / "w"
+    code, stdout, err = run_cli(["weights", str(path), "--out", str(out)], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "weights.json").read_text())
+    assert doc["files"][0]["format"] == "gguf" and len(doc["matrices"]) == 16
+    inv = {r["name"]: r for r in doc["inventory"]}
+    assert inv["model.layers.0.self_attn.q_proj.weight"]["storage"] == "Q8_0"
+    assert inv["model.layers.0.self_attn.q_proj.weight"]["key"] == "blk.0.attn_q.weight"
+    assert "model.layers.0.self_attn.q_proj.weight" in stdout
