@@ -123,5 +123,5 @@ def _check_unchanged(path: Path, size: int, mtime: int) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join("".join(c if c.isprintable() or c.isspace() else repr(c)[1:-1] for c in str(exc)).split())
     return text[:300] + ("..." if len(text) > 300 else "") or type(exc).__name__

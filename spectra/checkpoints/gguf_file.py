@@ -23,7 +23,7 @@ from hessian_spectra.checkpoints.base import (
     with_size_cap,
 )
 from hessian_spectra.checkpoints.gguf_names import gguf_config, hf_name, qk_permutation, unpermute_rows
-from hessian_spectra.checkpoints.limits import MAX_NDIM, MAX_TENSORS_PER_FILE, max_tensor_bytes
+from hessian_spectra.checkpoints.limits import MAX_NDIM, MAX_TENSORS_PER_FILE, max_tensor_bytes, show_name
 from hessian_spectra.errors import InputError
 
 if TYPE_CHECKING:
@@ -98,19 +98,19 @@ class _GGUFFile:
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             if len(shape) > MAX_NDIM:
                 raise InputError(
-                    path, f"corrupt GGUF file: tensor '{t.name[:80]}' has {len(shape)} dimensions"
+                    path, f"corrupt GGUF file: tensor '{show_name(t.name)}' has {len(shape)} dimensions"
                 )
             qtype = t.tensor_type.name
             dtype = _PLAIN[qtype][0] if qtype in _PLAIN else "float32"
             name = hf_name(self.arch, t.name) or t.name
             renamed += name != t.name
             if name in self.metas:
-                raise InputError(path, f"corrupt GGUF file: two tensors map to the name '{name}'")
+                raise InputError(path, f"corrupt GGUF file: two tensors map to the name '{show_name(name)}'")
             heads = qk_permutation(self.arch, t.name, self.config)
             if heads is not None and (not shape or shape[0] % (2 * heads)):
                 raise InputError(
                     path,
-                    f"tensor '{t.name}': {shape[0] if shape else 0} rows do not split into {heads} heads of row pairs",
+                    f"tensor '{show_name(t.name)}': {shape[0] if shape else 0} rows do not split into {heads} heads of row pairs",
                 )
             permuted += heads is not None
             meta = TensorMeta(
@@ -143,7 +143,7 @@ class _GGUFFile:
         t, heads = self._tensors[name]
         meta = self.metas[name]
         if meta.skip:
-            raise InputError(self.path, f"tensor '{name}' cannot be read: {meta.skip}")
+            raise InputError(self.path, f"tensor '{show_name(name)}' cannot be read: {meta.skip}")
         try:
             arr = self._dequantize(t, meta)
             if heads is not None:
@@ -151,7 +151,9 @@ class _GGUFFile:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(self.path, f"could not read tensor '{t.name}': {_one_line(exc)}") from None
+            raise InputError(
+                self.path, f"could not read tensor '{show_name(t.name)}': {_one_line(exc)}"
+            ) from None
         return arr
 
     def _dequantize(self, t: Any, meta: TensorMeta) -> np.ndarray:

@@ -30,6 +30,7 @@ __all__ = [
     "read_json_limited",
     "check_plain_name",
     "exact_int",
+    "show_name",
     "human_bytes",
 ]
 
@@ -129,7 +130,7 @@ def check_plain_name(name: Any, where: str | Path, what: str) -> str:
     most 255 bytes). Decided from the text alone, so the message is the same whether a file exists."""
     if not isinstance(name, str) or not name:
         raise InputError(where, f"{what} must be a non-empty file name string")
-    shown = repr(name if len(name) <= 80 else name[:77] + "...")
+    shown = f"'{show_name(name)}'"
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise InputError(where, f"{what} {shown} is longer than {MAX_NAME_BYTES} bytes")
     if name in (".", "..") or "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
@@ -137,6 +138,13 @@ def check_plain_name(name: Any, where: str | Path, what: str) -> str:
             where, f"{what} {shown} is not a plain file name in the same folder (no paths, no '..')"
         )
     return name
+
+
+def show_name(name: object, limit: int = 80) -> str:
+    """A name as it may appear in a one-line message: control characters escaped, at most ``limit`` chars."""
+    text = str(name)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def exact_int(value: Any, *, low: int = 0, high: int | None = None) -> int | None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from hessian_spectra.checkpoints.base import FileInfo, TensorMeta, natural_key
 from hessian_spectra.checkpoints.gguf_file import GGUF_SUFFIXES, _GGUFFile
-from hessian_spectra.checkpoints.limits import MAX_TENSORS, read_json_limited
+from hessian_spectra.checkpoints.limits import MAX_TENSORS, read_json_limited, show_name
 from hessian_spectra.checkpoints.module_source import _ModuleSource
 from hessian_spectra.checkpoints.safetensors_file import _SafetensorsFile
 from hessian_spectra.checkpoints.sharded import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, open_index
@@ -117,7 +117,9 @@ class Checkpoint:
         backend = self._backend(name)
         skip = backend.metas[name].skip
         if skip is not None:
-            raise InputError(getattr(backend, "path", self.source), f"tensor '{name}' cannot be read: {skip}")
+            raise InputError(
+                getattr(backend, "path", self.source), f"tensor '{show_name(name)}' cannot be read: {skip}"
+            )
         return backend
 
     @property

@@ -30,6 +30,7 @@ from hessian_spectra.checkpoints.limits import (
     human_bytes,
     loads_limited,
     max_tensor_bytes,
+    show_name,
 )
 from hessian_spectra.errors import InputError
 
@@ -101,7 +102,9 @@ class _SafetensorsFile:
             fh.seek(start)
             got = fh.readinto(buf)
         if got != end - start:
-            raise InputError(self.path, f"truncated: tensor '{name}' ends at byte {end}, read {start + got}")
+            raise InputError(
+                self.path, f"truncated: tensor '{show_name(name)}' ends at byte {end}, read {start + got}"
+            )
 
     def load_numpy(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a numpy array without importing torch; bf16/f16 become float32 exactly.
@@ -121,7 +124,9 @@ class _SafetensorsFile:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(self.path, f"could not read tensor '{name}': {_one_line(exc)}") from None
+            raise InputError(
+                self.path, f"could not read tensor '{show_name(name)}': {_one_line(exc)}"
+            ) from None
         if code == "BF16":
             return (arr.astype(np.uint32) << 16).view(np.float32)
         if code == "F16":
@@ -144,7 +149,9 @@ class _SafetensorsFile:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(self.path, f"could not read tensor '{name}': {_one_line(exc)}") from None
+            raise InputError(
+                self.path, f"could not read tensor '{show_name(name)}': {_one_line(exc)}"
+            ) from None
 
     def close(self) -> None:
         """Nothing stays open between reads."""
@@ -210,7 +217,7 @@ def _read_safetensors_header(
 def _header_entry(path: Path, name: str, info: Any, data_size: int) -> tuple[str, tuple[int, ...], int, int]:
     """One header entry checked: string dtype, exact non-negative integer dims and offsets, the offsets
     span equal to the dtype/shape byte size (unknown dtypes: any span), the span inside the data."""
-    shown = name if len(name) <= 80 else name[:77] + "..."
+    shown = show_name(name)
     if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
         raise InputError(path, f"corrupt safetensors header entry for '{shown}'")
     code, shape, offsets = info["dtype"], info.get("shape"), info.get("data_offsets")

@@ -18,6 +18,7 @@ from hessian_spectra.checkpoints.limits import (
     MAX_TENSORS,
     check_plain_name,
     read_json_limited,
+    show_name,
 )
 from hessian_spectra.checkpoints.safetensors_file import _SafetensorsFile
 from hessian_spectra.checkpoints.torch_file import _TorchFile
@@ -45,7 +46,7 @@ def open_index(index_path: Path, notes: list[str]) -> tuple[list[FileInfo], dict
     for tensor_name, shard_name in weight_map.items():
         if not isinstance(shard_name, str):
             raise InputError(
-                index_path, f"not a valid index: the shard of '{tensor_name[:80]}' is not a file name"
+                index_path, f"not a valid index: the shard of '{show_name(tensor_name)}' is not a file name"
             )
         shard_names.add(shard_name)
     if len(shard_names) > MAX_SHARDS:
@@ -74,8 +75,10 @@ def open_index(index_path: Path, notes: list[str]) -> tuple[list[FileInfo], dict
     for tensor_name, shard_name in weight_map.items():
         shard = shards[shard_name]
         if tensor_name not in shard.metas:
-            shown = tensor_name if len(tensor_name) <= 80 else tensor_name[:77] + "..."
-            raise InputError(shard.path, f"tensor '{shown}' listed in {index_path.name} is not in this shard")
+            raise InputError(
+                shard.path,
+                f"tensor '{show_name(tensor_name)}' listed in {index_path.name} is not in this shard",
+            )
         backends[tensor_name] = shard
     extra = sum(len(set(s.metas) - set(weight_map)) for s in shards.values())
     if extra:

@@ -28,7 +28,7 @@ from hessian_spectra.checkpoints.base import (
     _torch_to_numpy,
     with_size_cap,
 )
-from hessian_spectra.checkpoints.limits import MAX_TENSORS_PER_FILE, max_tensor_bytes
+from hessian_spectra.checkpoints.limits import MAX_TENSORS_PER_FILE, max_tensor_bytes, show_name
 from hessian_spectra.checkpoints.optimizer_state import optimizer_metas, second_moments
 from hessian_spectra.checkpoints.state_dicts import find_weights
 from hessian_spectra.errors import InputError
@@ -75,7 +75,9 @@ class _TorchFile:
         try:
             return self.tensors[name].clone()
         except Exception as exc:
-            raise InputError(self.path, f"could not read tensor '{name}': {_one_line(exc)}") from None
+            raise InputError(
+                self.path, f"could not read tensor '{show_name(name)}': {_one_line(exc)}"
+            ) from None
 
     def close(self) -> None:
         self.tensors = {}
