@@ -14,7 +14,7 @@ import torch
 from hessian_spectra.errors import InputError, SpectraError
 from torch import nn
 
-__all__ = ["check_batches", "check_loss"]
+__all__ = ["check_batches", "check_loss", "call_user"]
 
 
 def check_batches(batches: Any, where: str | Path) -> list[Any]:
@@ -42,6 +42,19 @@ def check_batches(batches: Any, where: str | Path) -> list[Any]:
 def _line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return (text[:240] + "...") if len(text) > 240 else (text or type(err).__name__)
+
+
+def call_user(fn: Any, *args: Any, where: str | Path, what: str) -> Any:
+    """``fn(*args)`` for user code (a factory, a loss): whatever it raises, or a ``sys.exit``, becomes one
+    InputError "<where>: <what> raised <Type>: <message>"."""
+    try:
+        return fn(*args)
+    except SpectraError as err:
+        raise InputError(where, f"{what}: {getattr(err, 'problem', err)}") from None
+    except SystemExit as err:
+        raise InputError(where, f"{what} called sys.exit({err.code})") from None
+    except Exception as err:
+        raise InputError(where, f"{what} raised {type(err).__name__}: {_line(err)}") from None
 
 
 def _vocab_problem(model: nn.Module, batch: Any) -> str | None:
@@ -80,16 +93,7 @@ def check_loss(model: nn.Module, loss: Any, batches: list[Any], where: str | Pat
             problem = _vocab_problem(model, nested if isinstance(nested, dict) else moved)
             if problem:
                 raise InputError(where, f"batch {i}: {problem}")
-            try:
-                value = fn(model, moved)
-            except SpectraError as err:
-                raise InputError(where, f"the loss on batch {i}: {getattr(err, 'problem', err)}") from None
-            except SystemExit as err:
-                raise InputError(where, f"the loss called sys.exit({err.code}) on batch {i}") from None
-            except Exception as err:
-                raise InputError(
-                    where, f"the loss raised {type(err).__name__} on batch {i}: {_line(err)}"
-                ) from None
+            value = call_user(fn, model, moved, where=where, what=f"the loss on batch {i}")
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
                 what = (
                     type(value).__name__

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from hessian_spectra.analyses.workloads.check import _line, check_batches, check_loss
+from hessian_spectra.analyses.workloads.check import _line, call_user, check_batches, check_loss
 from hessian_spectra.analyses.workloads.common import Workload, model_placement, place_model
 from hessian_spectra.errors import InputError, SpectraError
 from torch import nn
@@ -70,16 +70,7 @@ def load_factory(
     fn = getattr(_import(module), name, None)
     if not callable(fn):
         raise InputError("--model-factory", f"{module} has no callable {name!r}")
-    try:
-        out = fn()
-    except SpectraError:
-        raise
-    except SystemExit as err:
-        raise InputError(
-            "--model-factory", f"{spec} called sys.exit({err.code}) instead of returning a model"
-        ) from None
-    except Exception as err:
-        raise InputError("--model-factory", f"{spec} raised {type(err).__name__}: {_line(err)}") from None
+    out = call_user(fn, where="--model-factory", what=spec)
     if isinstance(out, Mapping):
         model, loss, batches = out.get("model"), out.get("loss"), out.get("batches")
     elif isinstance(out, tuple | list) and len(out) == 3:

@@ -7,22 +7,10 @@ import json
 
 import pytest
 import torch
-from support.cli import FACTORY, assert_clean_failure, run_cli
+from support.cli import FACTORY, TINY_BUDGET, assert_clean_failure, run_cli
 from support.hf import tiny_gpt2_workload
 
-BUDGET = [
-    "--top-k",
-    "1",
-    "--probes",
-    "1",
-    "--steps",
-    "4",
-    "--block-probes",
-    "1",
-    "--block-steps",
-    "2",
-    "--quiet",
-]
+BUDGET = TINY_BUDGET
 
 GOOD = FACTORY.replace("def make():", "def good():") + "\n\ndef make():\n    return good()\n"
 CASES = {
@@ -34,7 +22,7 @@ CASES = {
     "batches_int": (GOOD.replace("def make():\n    return good()", "def make():\n    return {**good(), 'batches': 5}"), "batches must be a list of batches, got int"),
     "batches_empty": (GOOD.replace("def make():\n    return good()", "def make():\n    return {**good(), 'batches': []}"), "no batches"),
     "batch_str": (GOOD.replace("def make():\n    return good()", "def make():\n    return {**good(), 'batches': ['text']}"), "batch 0 is a str"),
-    "loss_raises": (GOOD.replace("def make():\n    return good()", "def bad(m, b):\n    raise ValueError('loss broke')\n\ndef make():\n    return {**good(), 'loss': bad}"), "the loss raised ValueError on batch 0: loss broke"),
+    "loss_raises": (GOOD.replace("def make():\n    return good()", "def bad(m, b):\n    raise ValueError('loss broke')\n\ndef make():\n    return {**good(), 'loss': bad}"), "the loss on batch 0 raised ValueError: loss broke"),
     "loss_nan": (GOOD.replace("def make():\n    return good()", "def bad(m, b):\n    return m(b[0]).sum() * float('nan')\n\ndef make():\n    return {**good(), 'loss': bad}"), "the loss is nan on batch 0"),
     "loss_vector": (GOOD.replace("def make():\n    return good()", "def bad(m, b):\n    return m(b[0]).sum(1)\n\ndef make():\n    return {**good(), 'loss': bad}"), "not a scalar tensor"),
     "loss_exit": (GOOD.replace("def make():\n    return good()", "import sys\ndef bad(m, b):\n    sys.exit(3)\n\ndef make():\n    return {**good(), 'loss': bad}"), "sys.exit(3)"),

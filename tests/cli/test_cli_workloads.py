@@ -7,22 +7,10 @@ import json
 
 import pytest
 import torch
-from support.cli import assert_clean_failure, run_cli
+from support.cli import TINY_BUDGET, assert_clean_failure, run_cli
 from support.hf import pair_lines, tiny_sentence_encoder
 
-BUDGET = [
-    "--top-k",
-    "1",
-    "--probes",
-    "1",
-    "--steps",
-    "4",
-    "--block-probes",
-    "1",
-    "--block-steps",
-    "2",
-    "--quiet",
-]
+BUDGET = TINY_BUDGET
 
 
 def test_analyze_a_sentence_encoder_folder(tmp_path, capsys):
