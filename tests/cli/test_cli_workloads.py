@@ -132,3 +132,45 @@ def test_analyze_the_real_minilm_end_to_end(tmp_path, capsys):
     assert doc["loading"]["freshly_initialised"] == [] and doc["hessian"]["dim"] == 22713216
     assert doc["weights"]["summary"]["n_matrices"] >= 36 and doc["structure"] is not None
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
+
+
+def _escaping_index(tmp_path):
+    from support import ckpt_factory as cf
+
+    index = cf.write_sharded_safetensors({"a": torch.ones(4, 4), "b": torch.ones(4, 4)}, tmp_path / "m", 70)
+    data = json.loads(index.read_text())
+    data["weight_map"]["a"] = "../secret.safetensors"
+    index.write_text(json.dumps(data))
+    return index
+
+
+def _evil_pickle(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"w": torch.ones(2, 2), "x": Evil()}, tmp_path / "evil.pt")
+    return tmp_path / "evil.pt"
+
+
+def _fake_gguf(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGML" + b"\0" * 60)
+    return tmp_path / "m.gguf"
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (_escaping_index, "not a plain file name"),
+        (_evil_pickle, "would execute code"),
+        (_fake_gguf, "not a GGUF file"),
+    ],
+)
+def test_weights_refusals_are_one_line_exit_2(tmp_path, capsys, make, needle):
+    path = make(tmp_path)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["weights", str(path), "--out", str(out), "--quiet"], capsys)
+    assert_clean_failure(code, err, needle, out)
+    assert "weights_only=False" not in err
