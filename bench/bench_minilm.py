@@ -3,7 +3,7 @@ each probe costs on this machine, next to the anchor, sentence-transformers' own
 backward of MultipleNegativesRankingLoss on the same pairs), and what `spectra analyze`'s default budget
 would cost from those units.
 
-    OMP_NUM_THREADS=2 nice -n 10 python bench/bench_minilm.py [--threads 2] [--repeats 3]
+    OMP_NUM_THREADS=2 nice -n 10 python bench/bench_minilm.py [--threads 2] [--repeats 3] [--block-repeats 1]
 
 Prints one JSON object (seconds; ratios to the anchor's gradient over the same 4 batches).
 """
@@ -35,10 +35,18 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
+def _log(key: str, seconds: float) -> None:
+    """Each unit as soon as it is measured (stderr), so a long run leaves partial numbers."""
+    import sys
+
+    print(f"{key} {seconds:.4f}", file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--block-repeats", type=int, default=1, help="one 103-block lockstep step is ~100 HVPs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from hessian_spectra import HessianOperator
@@ -72,9 +80,13 @@ def main() -> None:
     vs = [torch.randn(b.numel, generator=torch.Generator().manual_seed(1)) for b in blocks]
     op.matvec(v)  # warm-up (graph sizing)
     t_anchor = _best(st_gradient, args.repeats)
+    _log("anchor_st_mnrl_gradient_s", t_anchor)
     t_grad = _best(op.gradient, args.repeats)
+    _log("gradient_s", t_grad)
     t_hvp = _best(lambda: op.matvec(v), args.repeats)
-    t_block = _best(lambda: bd.matvec_many(vs), args.repeats)
+    _log("hvp_s", t_hvp)
+    t_block = _best(lambda: bd.matvec_many(vs), args.block_repeats)
+    _log("block_lockstep_step_s", t_block)
     attn = [n for n, p in work.model.named_parameters() if p.ndim == 2 and "attention" in n]
     default = {"lanczos_hvps": 150, "slq_hvps": 10 * 50, "block_lockstep_steps": 10 * 50,
                "structure_hvps": len(attn) * 1024}  # fmt: skip

@@ -113,6 +113,10 @@ def _inputs_paragraphs(doc: Mapping[str, Any]) -> list[str]:
     if inputs.get("task"):
         paras.append(f"Task `{inputs['task']}` on `{inputs.get('data')}`: {inputs.get('batches')} batches of "
                      f"{inputs.get('batch_size')}." + (f" Loss: {inputs['loss']}." if inputs.get("loss") else ""))  # fmt: skip
+    excluded = (inputs.get("excluded_from_hessian") or {}).get("parameters") or []
+    if excluded:
+        paras.append(f"{len(excluded)} parameters are excluded from the Hessian (the loss does not depend on them): "
+                     + ", ".join(f"`{n}`" for n in excluded[:8]) + (" ..." if len(excluded) > 8 else ""))  # fmt: skip
     fresh = loading.get("freshly_initialised") or []
     if fresh:
         paras.append(f"**{len(fresh)} tensors were freshly initialised** (not in the checkpoint; --allow-missing): "

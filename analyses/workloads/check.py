@@ -73,9 +73,15 @@ def _vocab_problem(model: nn.Module, batch: Any) -> str | None:
     return None
 
 
-def check_loss(model: nn.Module, loss: Any, batches: list[Any], where: str | Path) -> None:
+def check_loss(
+    model: nn.Module, loss: Any, batches: list[Any], where: str | Path, *, find_unused: bool = False
+) -> list[str]:
     """Evaluate the loss on every batch (the default loss is the model output's ``.loss``); InputError when
-    it raises, exits, is not a scalar tensor or is not finite."""
+    it raises, exits, is not a scalar tensor or is not finite. ``find_unused`` also differentiates it once
+    per batch and returns the trainable parameters no batch's loss depends on (no autograd path: their
+    Hessian rows and columns are exactly zero), else []."""
+    from contextlib import nullcontext
+
     from hessian_spectra.curvature.guards import eval_mode
     from hessian_spectra.curvature.losses import cast_floating, model_loss
 
@@ -86,7 +92,9 @@ def check_loss(model: nn.Module, loss: Any, batches: list[Any], where: str | Pat
     if first is None:
         raise InputError(where, "the model has no parameters: there is no Hessian to take")
     dtype = first.dtype if first.is_floating_point() else None
-    with torch.no_grad(), eval_mode(model):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad] if find_unused else []
+    used: set[str] = set()
+    with nullcontext() if find_unused else torch.no_grad(), eval_mode(model):
         for i, batch in enumerate(batches):
             moved = cast_floating(batch, dtype, first.device) if dtype is not None else batch
             nested = moved.get("anchor") if isinstance(moved, dict) else None
@@ -94,18 +102,27 @@ def check_loss(model: nn.Module, loss: Any, batches: list[Any], where: str | Pat
             if problem:
                 raise InputError(where, f"batch {i}: {problem}")
             value = call_user(fn, model, moved, where=where, what=f"the loss on batch {i}")
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                what = (
-                    type(value).__name__
-                    if not isinstance(value, torch.Tensor)
-                    else f"a tensor of shape {tuple(value.shape)}"
-                )
-                raise InputError(
-                    where,
-                    f"the loss on batch {i} returned {what}, not a scalar tensor (the batch's mean loss)",
-                )
-            v = float(value.detach().float())
-            if not math.isfinite(v):
-                raise InputError(
-                    where, f"the loss is {v} on batch {i}: the Hessian of a non-finite loss is undefined"
-                )
+            _check_value(value, i, where)
+            if named and value.requires_grad:
+                grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
+                used.update(n for (n, _), g in zip(named, grads, strict=True) if g is not None)
+    if find_unused and not used:
+        raise InputError(where, "the loss does not depend on any trainable parameter: its Hessian is zero")
+    return [n for n, _ in named if n not in used]
+
+
+def _check_value(value: Any, i: int, where: str | Path) -> None:
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        what = (
+            type(value).__name__
+            if not isinstance(value, torch.Tensor)
+            else f"a tensor of shape {tuple(value.shape)}"
+        )
+        raise InputError(
+            where, f"the loss on batch {i} returned {what}, not a scalar tensor (the batch's mean loss)"
+        )
+    v = float(value.detach().float())
+    if not math.isfinite(v):
+        raise InputError(
+            where, f"the loss is {v} on batch {i}: the Hessian of a non-finite loss is undefined"
+        )

@@ -16,6 +16,7 @@ from hessian_spectra.analyses.workloads.hf_model import (
     load_model,
     load_tokenizer,
     no_loss_error,
+    refuse_mismatch,
 )
 from hessian_spectra.analyses.workloads.placement import _has_gpu_entries, _placement_kwargs
 from hessian_spectra.errors import InputError
@@ -139,8 +140,13 @@ def load_hf_workload(
         batches = text_batches(records, tok, task, batch_size=batch_size, seq_len=seq_len, seed=seed, data=data,
                                model_dir=model_dir, num_labels=getattr(config, "num_labels", None))  # fmt: skip
     inputs["batches"] = len(batches)
-    if check:
-        check_loss(model, loss, batches, model_dir)
+    unused = check_loss(model, loss, batches, model_dir, find_unused=True) if check else []
+    for name, param in model.named_parameters():
+        if name in set(unused):
+            param.requires_grad_(False)  # our own model: no path to the loss, so exactly zero Hessian rows
+    if unused:
+        inputs["excluded_from_hessian"] = {"parameters": unused, "why": "the loss does not depend on them"}
+    refuse_mismatch(model_dir, loading, unused)
     return Workload(
         model=model, loss=loss, batches=batches, source=f"{model_dir} ({task}) on {data.name}",
         placement=model_placement(model), inputs=inputs, loading=loading, weights_source=str(hf_dir),

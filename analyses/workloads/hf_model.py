@@ -135,8 +135,9 @@ def load_tokenizer(model_dir: Path, transformers: Any) -> Any:
 def load_model(
     model_dir: Path, task: str, config: Any, kwargs: dict[str, Any], *, allow_missing: bool, transformers: Any
 ) -> tuple[Any, dict[str, Any]]:
-    """The model for ``task`` with eager attention, and ``{"missing", "unexpected", "freshly_initialised",
-    "ignored"}``; refuses a config/weights mismatch unless ``allow_missing`` (see the module docstring)."""
+    """The model for ``task`` with eager attention, and ``{"missing", "unexpected", "mismatched",
+    "freshly_initialised", "ignored"}`` (see the module docstring; :func:`refuse_mismatch` decides once the
+    parameters the loss uses are known). A checkpoint without the task's head is refused here already."""
     archs = [str(a) for a in getattr(config, "architectures", None) or []]
     suffix = HEAD_SUFFIXES.get(task)
     if suffix and archs and not any(a.endswith(suffix) for a in archs) and not allow_missing:
@@ -154,24 +155,35 @@ def load_model(
             model_dir, f"cannot load the model for {task} ({type(err).__name__}: {_line(err)})"
         ) from None
     children = {name for name, _ in model.named_children()}
-    missing = sorted(info.get("missing_keys") or [])
     unexpected = sorted(info.get("unexpected_keys") or [])
-    mismatched = [str(k[0] if isinstance(k, tuple | list) else k) for k in info.get("mismatched_keys") or []]
-    ignored = [k for k in unexpected if k.split(".")[0] not in children]
-    extra = [k for k in unexpected if k.split(".")[0] in children]
-    if (missing or extra or mismatched) and not allow_missing:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} model tensors are not in the checkpoint ({short_list(missing)})")
-        if extra:
-            parts.append(f"{len(extra)} checkpoint tensors are not in the model ({short_list(extra)})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} tensors differ in shape ({short_list(mismatched)})")
-        raise InputError(
-            model_dir, "config.json and the weights disagree: " + "; ".join(parts)
-            + "; pass --allow-missing to analyse with those tensors freshly initialised",
-        )  # fmt: skip
-    loading = {"missing": missing, "unexpected": extra, "mismatched": mismatched,
-               "freshly_initialised": sorted(set(missing) | set(mismatched)), "ignored": ignored,
-               "allow_missing": allow_missing}  # fmt: skip
+    loading = {
+        "missing": sorted(info.get("missing_keys") or []),
+        "unexpected": [k for k in unexpected if k.split(".")[0] in children],
+        "mismatched": [str(k[0] if isinstance(k, tuple | list) else k) for k in info.get("mismatched_keys") or []],
+        "ignored": [k for k in unexpected if k.split(".")[0] not in children],
+        "allow_missing": allow_missing,
+    }  # fmt: skip
+    loading["freshly_initialised"] = sorted(set(loading["missing"]) | set(loading["mismatched"]))
     return model, loading
+
+
+def refuse_mismatch(model_dir: Path, loading: dict[str, Any], unused: list[str]) -> None:
+    """The config/weights mismatch refusal: tensors the loss uses but the checkpoint lacks, tensors of the
+    model's own modules the checkpoint holds in excess, different shapes; one line, unless --allow-missing.
+    Missing tensors the loss does not use (``unused``: a pooler under an embedding loss) are only listed."""
+    loading["unused_by_loss"] = sorted(unused)
+    missing = [k for k in loading["missing"] if k not in set(unused)]
+    extra, mismatched = loading["unexpected"], loading["mismatched"]
+    if not (missing or extra or mismatched) or loading["allow_missing"]:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} model tensors are not in the checkpoint ({short_list(missing)})")
+    if extra:
+        parts.append(f"{len(extra)} checkpoint tensors are not in the model ({short_list(extra)})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} tensors differ in shape ({short_list(mismatched)})")
+    raise InputError(
+        model_dir, "config.json and the weights disagree: " + "; ".join(parts)
+        + "; pass --allow-missing to analyse with those tensors freshly initialised",
+    )  # fmt: skip
