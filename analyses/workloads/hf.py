@@ -49,7 +49,10 @@ def load_hf_workload(
     ``image-classification`` (``data`` a folder of class sub-folders: :mod:`~hessian_spectra.analyses.workloads.images`).
     ``max_batches`` batches of ``batch_size`` records are built (0: all records). A config that disagrees
     with the weights is refused unless ``allow_missing`` (the workload's ``loading`` lists what was freshly
-    initialised). ``check`` evaluates the loss on every batch first (one line naming the problem on failure).
+    initialised). ``check`` evaluates and differentiates the loss on every batch first (one line naming the
+    problem on failure); parameters no batch's loss depends on (BertModel's pooler under the embedding loss)
+    are frozen on this freshly loaded model, so the Hessian leaves out their exactly-zero rows, and listed in
+    ``inputs["excluded_from_hessian"]``; a tensor the checkpoint lacks among those is not a mismatch.
 
     Placement: weights load in ``dtype`` (``"float32"``/``"float64"``/``"bfloat16"``; None: the dtype in the
     config, i.e. transformers' ``dtype="auto"``), shard by shard. ``device_map="auto"`` spreads the model
