@@ -34,8 +34,10 @@ OUTCOMES = {"valid": 0, "input_error": 0}  # how the cases ended (the success pa
 
 def _audit(event: str, args: tuple) -> None:
     if _ARMED and event == "open" and args and isinstance(args[0], str | bytes | os.PathLike):
-        path = os.fsdecode(args[0])
-        if "outside" in path or not os.path.abspath(path).startswith(str(_CASE)):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        # what a hostile index points at (the sentinel beside the case folder, its parent), never what the
+        # interpreter itself opens (lazy imports, /proc)
+        if "outside" in path or (path.startswith(str(_ROOT)) and not path.startswith(str(_CASE))):
             _OPENED_OUTSIDE.append(path)
 
 
@@ -274,6 +276,19 @@ def test_fuzz_torch_reader(obj, legacy, cut):
         raw = path.read_bytes()
         path.write_bytes(raw[: int(len(raw) * cut)])
     _exercise(path)
+
+
+def test_the_audit_hook_sees_a_read_outside_the_folder():
+    """The negative control: the pre-change reader followed ``../`` shard names; the hook must catch that."""
+    global _ARMED
+    _fresh_case()
+    _OPENED_OUTSIDE.clear()
+    _ARMED = True
+    try:
+        _SENTINEL.read_bytes()
+    finally:
+        _ARMED = False
+    assert _OPENED_OUTSIDE == [str(_SENTINEL)]
 
 
 def test_fuzzing_reached_both_outcomes():
