@@ -14,21 +14,30 @@ BUDGET = TINY_BUDGET
 
 
 def test_analyze_a_sentence_encoder_folder(tmp_path, capsys):
+    """`spectra analyze <sentence-transformers folder> --data pairs.jsonl`: the embedding task inferred, the
+    pooler (which the loss never touches) left out of the Hessian and said so, Adam-mini blocks built
+    without it, the weights of the folder reported."""
     folder = tiny_sentence_encoder(tmp_path / "enc")
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps({"anchor": a, "positive": p}) for a, p in pair_lines(8)))
     capsys.readouterr()
     out = tmp_path / "out"
     code, _, err = run_cli(["analyze", str(folder), "--data", str(data), "--batches", "2", "--batch-size", "4",
-                            "--no-structure", "--out", str(out), *BUDGET], capsys)  # fmt: skip
+                            "--no-structure", "--blocks", "adam-mini", "--max-blocks-per-tensor", "1",
+                            "--out", str(out), *BUDGET], capsys)  # fmt: skip
     assert code == 0, err
     doc = json.loads((out / "report.json").read_text())
-    assert (
-        doc["inputs"]["task"] == "embedding" and doc["inputs"]["pairs"] == 8 and doc["inputs"]["batches"] == 2
-    )
-    assert doc["inputs"]["encoder"]["pooling"] == ["mean"] and doc["loading"]["freshly_initialised"] == []
+    inputs = doc["inputs"]
+    assert inputs["task"] == "embedding" and inputs["pairs"] == 8 and inputs["batches"] == 2
+    assert inputs["encoder"]["pooling"] == ["mean"] and doc["loading"]["freshly_initialised"] == []
+    assert sorted(inputs["excluded_from_hessian"]["parameters"]) == [
+        "pooler.dense.bias",
+        "pooler.dense.weight",
+    ]
+    assert not any("pooler" in p for b in doc["hessian"]["blocks"] for p in b.get("params", [b["param"]]))
     assert doc["weights"]["summary"]["n_matrices"] > 0 and doc["hessian"]["lanczos"]["lambda_max"] > 0
-    assert "Task `embedding`" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "Task `embedding`" in md and "excluded from the Hessian" in md
 
 
 def test_hessian_of_an_image_classifier_from_a_folder(tmp_path, capsys):
@@ -175,22 +184,3 @@ def test_weights_refusals_are_one_line_exit_2(tmp_path, capsys, make, needle):
     code, _, err = run_cli(["weights", str(path), "--out", str(out), "--quiet"], capsys)
     assert_clean_failure(code, err, needle, out)
     assert "weights_only=False" not in err
-
-
-@pytest.mark.parametrize("blocks", ["adam-mini"])
-def test_unused_pooler_is_excluded_from_the_hessian_with_every_blocking(tmp_path, capsys, blocks):
-    """The embedding loss never touches BertModel's pooler: it is left out of the Hessian (exactly zero rows)
-    and said so, whatever the blocking."""
-    folder = tiny_sentence_encoder(tmp_path / "enc")
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("\n".join(json.dumps({"anchor": a, "positive": p}) for a, p in pair_lines(4)))
-    capsys.readouterr()
-    out = tmp_path / "out"
-    code, _, err = run_cli(["hessian", str(folder), "--data", str(data), "--batch-size", "4", "--blocks", blocks,
-                            "--max-blocks-per-tensor", "1", "--out", str(out), *BUDGET], capsys)  # fmt: skip
-    assert code == 0, err
-    doc = json.loads((out / "report.json").read_text())
-    excluded = sorted(doc["inputs"]["excluded_from_hessian"]["parameters"])
-    assert excluded == ["pooler.dense.bias", "pooler.dense.weight"]
-    assert not any("pooler" in p for b in doc["hessian"]["blocks"] for p in b.get("params", [b["param"]]))
-    assert "excluded from the Hessian" in (out / "report.md").read_text()
