@@ -31,7 +31,7 @@ def run_analysis(model, batches, loss, settings, options, *, source: str, weight
 def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str | None, data: str | None,
                     task: str | None, batch_size: int, seq_len: int, batches: int, out: Path, settings, options,
                     quiet: bool, kind: str = "analyze", device: str | None = None,
-                    device_map: str | None = None) -> dict:  # fmt: skip
+                    device_map: str | None = None, allow_missing: bool = False) -> dict:  # fmt: skip
     """Load the workload (factory or HF directory), analyse, write the report folder atomically.
     ``kind="hessian"`` (with every non-Hessian option off) is `spectra hessian`."""
     from hessian_spectra.analyses.report.inputs import factory_inputs, hf_inputs
@@ -51,27 +51,35 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
             raise InputError(
                 "--device-map", "needs a Hugging Face model directory (a factory places its own model)"
             )
+        if allow_missing:
+            raise InputError(
+                "--allow-missing",
+                "is for a Hugging Face model directory (--weights must match the factory's model)",
+            )
         work = load_factory(factory, weights, device=device)
-        weights_source = None  # the live module (with the loaded weights)
     else:
         from hessian_spectra.analyses.workloads import load_hf_workload
 
         if data is None:
-            raise InputError("--data", "a text or JSONL file is required with a model directory")
+            raise InputError(
+                "--data", "a text/JSONL file or an image folder is required with a model directory"
+            )
         work = load_hf_workload(model_dir, data, task=task, batch_size=batch_size, seq_len=seq_len,
                                 max_batches=batches, device=device, device_map=device_map,
-                                dtype=settings.dtype)  # fmt: skip
-        weights_source = model_dir
+                                dtype=settings.dtype, allow_missing=allow_missing)  # fmt: skip
     work_batches = work.batches[:batches] if batches else work.batches
+    extra = work.report_extra()
+    loaded = extra.pop("inputs") or {}  # what the workload was built from (task, pairs, images, pooling, ...)
     if factory is not None:
-        inputs = factory_inputs(factory, weights, work_batches)
+        inputs = {**loaded, **factory_inputs(factory, weights, work_batches)}
     else:
-        meta = work.meta or {}
-        inputs = hf_inputs(model_dir, data, task=meta.get("task"), tokenizer=meta.get("tokenizer"),
-                           batch_size=batch_size, seq_len=seq_len, batches=work_batches)  # fmt: skip
+        inputs = {**loaded, **hf_inputs(model_dir, data, task=loaded.get("task"), tokenizer=loaded.get("tokenizer"),
+                                         batch_size=batch_size, seq_len=loaded.get("seq_len", seq_len),
+                                         batches=work_batches)}  # fmt: skip
+    # weights_source None: the live module (a factory's, with --weights loaded); else the model folder
     result = run_analysis(work.model, work_batches, work.loss, settings, options, source=work.source,
-                          weights_source=weights_source, quiet=quiet, label=kind, kind=kind,
-                          extra={"placement": work.placement}, inputs=inputs)  # fmt: skip
+                          weights_source=work.weights_source, quiet=quiet, label=kind, kind=kind, extra=extra,
+                          inputs=inputs)  # fmt: skip
     written = write_report(out, result.doc, result.figures, attachments=result.attachments)
     if not quiet:
         print_actions(result.doc)
@@ -130,6 +138,7 @@ def analyze(
     confidence: o.Confidence = 0.95,
     device: o.Device = "auto",
     device_map: o.DeviceMap = None,
+    allow_missing: o.AllowMissing = False,
     quiet: o.Quiet = False,
 ) -> None:
     """The full report: Hessian spectra, block heterogeneity, head structure, weight spectra, recommendations."""
@@ -149,4 +158,5 @@ def analyze(
     )  # fmt: skip
     run_analyze_cmd(factory=model_factory, weights=weights, model_dir=model_dir, data=data, task=task,
                     batch_size=batch_size, seq_len=seq_len, batches=batches, out=out, settings=settings,
-                    options=options, quiet=quiet, device=dev, device_map=device_map)  # fmt: skip
+                    options=options, quiet=quiet, device=dev, device_map=device_map,
+                    allow_missing=allow_missing)  # fmt: skip

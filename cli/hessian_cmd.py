@@ -41,6 +41,7 @@ def hessian(
     confidence: o.Confidence = 0.95,
     device: o.Device = "auto",
     device_map: o.DeviceMap = None,
+    allow_missing: o.AllowMissing = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Hessian spectra alone: top/bottom eigenvalues, density and trace, block spectra and heterogeneity."""
@@ -55,4 +56,5 @@ def hessian(
     options = AnalyzeOptions(weights=False, structure=False, recommendations=False, n_heads=heads)
     run_analyze_cmd(factory=model_factory, weights=weights, model_dir=model_dir, data=data, task=task,
                     batch_size=batch_size, seq_len=seq_len, batches=batches, out=out, settings=settings,
-                    options=options, quiet=quiet, kind="hessian", device=dev, device_map=dmap)  # fmt: skip
+                    options=options, quiet=quiet, kind="hessian", device=dev, device_map=dmap,
+                    allow_missing=allow_missing)  # fmt: skip

@@ -22,10 +22,29 @@ DEVICE_MAP_HELP = (
 ModelDir = Annotated[
     str | None, typer.Argument(help="Hugging Face model directory (config, weights, tokenizer).")
 ]
-Data = Annotated[str | None, typer.Option("--data", help="Text or JSONL file (with a model directory).")]
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="With a model directory: a text or JSONL file (JSONL 'text'/'label'; sentence pairs as JSONL "
+        "'anchor'/'positive' or adjacent lines), or a folder of class sub-folders of images.",
+    ),
+]
 Task = Annotated[
     str | None,
-    typer.Option("--task", help="causal-lm, masked-lm or sequence-classification (default: from config)."),
+    typer.Option(
+        "--task",
+        help="causal-lm, masked-lm, sequence-classification, image-classification or embedding (in-batch "
+        "contrastive loss of a sentence encoder). Default: from the config's head; embedding without one.",
+    ),
+]
+AllowMissing = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing",
+        help="Analyse a model folder whose weights lack tensors its config needs (they are freshly "
+        "initialised and listed in the report) instead of refusing it.",
+    ),
 ]
 ModelFactory = Annotated[
     str | None, typer.Option("--model-factory", help="module:function returning (model, loss, batches).")

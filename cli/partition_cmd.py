@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from hessian_spectra.cli import options as o
 from hessian_spectra.cli.console import err_console, out_console, safe
 from hessian_spectra.errors import InputError
 
@@ -22,6 +23,7 @@ def run_partition(
     max_columns: int,
     seed: int,
     quiet: bool,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Partition a HF checkpoint folder or a ``--model-factory`` model; write partition.json atomically."""
     from hessian_spectra.analyses.partitions.build import partition_checkpoint, partition_model
@@ -50,7 +52,7 @@ def run_partition(
         if verify and data is not None:
             from hessian_spectra.analyses.workloads import load_hf_workload
 
-            work = load_hf_workload(path, data, task=task, seed=seed)
+            work = load_hf_workload(path, data, task=task, seed=seed, allow_missing=allow_missing)
     doc: dict[str, Any]
     if verify:
         if work is None:
@@ -113,12 +115,9 @@ def partition_command(
     weights: Annotated[
         str | None, typer.Option("--weights", help="Checkpoint to load into the factory model.")
     ] = None,
-    data: Annotated[
-        str | None, typer.Option("--data", help="Text/JSONL file for --verify on a model folder.")
-    ] = None,
-    task: Annotated[
-        str | None, typer.Option("--task", help="causal-lm, masked-lm or sequence-classification.")
-    ] = None,
+    data: o.Data = None,
+    task: o.Task = None,
+    allow_missing: o.AllowMissing = False,
     verify: Annotated[bool, typer.Option("--verify", help="Measure each rule's Hessian mass share.")] = False,
     max_columns: Annotated[
         int, typer.Option("--max-columns", help="Exact Hessian columns per tensor.")
@@ -129,6 +128,5 @@ def partition_command(
     """Adam-mini partition: one second-moment value per Hessian block, with an adam-mini config."""
     run_partition(
         model=model, out=out, factory=factory, weights=weights, data=data, task=task, verify=verify,
-        max_columns=max_columns,
-        seed=seed, quiet=quiet,
+        max_columns=max_columns, seed=seed, quiet=quiet, allow_missing=allow_missing,
     )  # fmt: skip

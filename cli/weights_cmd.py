@@ -30,6 +30,8 @@ def run_weights(
     quiet: bool,
     table_rows: int,
     device: str = "auto",
+    entry: str | None = None,
+    optimizer_state: bool = False,
 ) -> None:
     """Validate arguments, analyse, then write every requested output in one atomic step."""
     from hessian_spectra.analyses.report.inputs import (
@@ -61,7 +63,8 @@ def run_weights(
     dev = resolve_device(device, "--device")  # torch-free when the machine has no NVIDIA driver
     check_output_dir(out)  # a bad --out fails now, not after the analysis
 
-    settings = WeightsSettings(layers=layers, topk=topk, dtype=dtype, threads=threads, seed=seed)
+    settings = WeightsSettings(layers=layers, topk=topk, dtype=dtype, threads=threads, seed=seed, entry=entry,
+                               optimizer_state=optimizer_state)  # fmt: skip
     written: list[str] = []
     with staged_directory(out) as stage:
         if example:  # written where it is kept, and recorded as the tool's own input, not as a temp path
@@ -200,7 +203,9 @@ def register(app: typer.Typer) -> None:
 def weights(
     path: Annotated[
         str | None,
-        typer.Argument(help="Checkpoint: .safetensors, sharded index, HF folder, .bin/.pt state dict."),
+        typer.Argument(
+            help="Checkpoint: .safetensors, sharded index, HF folder, .bin/.pt/.ckpt (weights found at any depth), .gguf."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("spectra-out/weights"),
     format: Annotated[str, typer.Option("--format", help="Comma-separated: json,csv.")] = "json,csv",
@@ -229,9 +234,24 @@ def weights(
             "cuda or cuda:N (batched torch decompositions on that GPU).",
         ),
     ] = "auto",
+    entry: Annotated[
+        str | None,
+        typer.Option(
+            "--entry",
+            help="Nested entry of a torch checkpoint to read (e.g. ema, model_state); default: found.",
+        ),
+    ] = None,
+    optimizer_state: Annotated[
+        bool,
+        typer.Option(
+            "--optimizer-state",
+            help="Also report Adam's second moments per parameter (diagonal-curvature proxy).",
+        ),
+    ] = False,
 ) -> None:
     """Singular-value spectra and metrics of every weight matrix (ranks, condition numbers, alpha, MP)."""
     run_weights(
         path=path, out=out, formats=format, plots=plots, layers=tuple(layers or ()), topk=topk, dtype=dtype,
         threads=threads, seed=seed, example=example, quiet=quiet, table_rows=table_rows, device=device,
+        entry=entry, optimizer_state=optimizer_state,
     )  # fmt: skip

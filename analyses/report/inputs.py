@@ -110,13 +110,14 @@ def token_counts(batches: Sequence[Any]) -> dict[str, int | None]:
 
 def hf_inputs(model_dir: str | Path, data: str | Path, *, task: str, tokenizer: str | None, batch_size: int,
               seq_len: int, batches: Sequence[Any]) -> dict[str, Any]:  # fmt: skip
-    """A HF model folder + a data file: every file of the folder and the data file with SHA-256 (hashing
+    """A HF model folder + a data file or image folder: every file of the folder and of the data with SHA-256 (hashing
     started here, finished by :func:`finish_inputs`), task, tokenizer, batch size, sequence length, tokens."""
     model_dir, data = Path(model_dir), Path(data)
     return {
         "kind": "hf-folder",
         "model": {"path": str(model_dir.resolve()), **{"hashes": hash_files(folder_files(model_dir), model_dir)}},
-        "data": {"path": str(data.resolve()), "name": data.name, "hashes": hash_files([data])},
+        "data": {"path": str(data.resolve()), "name": data.name,
+                 "hashes": hash_files(folder_files(data), data) if data.is_dir() else hash_files([data])},
         "task": task, "tokenizer": tokenizer, "batch_size": batch_size, "seq_len": seq_len,
         "num_batches": len(batches), **token_counts(batches),
     }  # fmt: skip

@@ -94,7 +94,10 @@ def render_markdown(doc: Mapping[str, Any], figures: Sequence[str] = ()) -> str:
               f"({_section_link(SECTIONS['provenance'])}).", ""]  # fmt: skip
     lines += actions_lines(doc) + findings_lines(doc)
     lines += (
-        heading(2, "At a glance", SECTIONS["summary"]) + [f"- {p}" for p in doc.get("summary") or []] + [""]
+        heading(2, "At a glance", SECTIONS["summary"])
+        + [f"- {p}" for p in doc.get("summary") or []]
+        + ms.workload_lines(doc)
+        + [""]
     )
     lines += hs.hessian_section(doc, figures) + hs.blocks_section(doc, figures)
     lines += hs.heterogeneity_section(doc, figures) + hs.structure_section(doc)

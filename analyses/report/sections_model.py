@@ -72,6 +72,38 @@ def weights_section(doc: Doc, figures: Sequence[str]) -> list[str]:
     return lines + figure("weights_depth", caption("weights_depth"), figures)
 
 
+def workload_lines(doc: Doc) -> list[str]:
+    """What the workload was built from and every tensor the checkpoint did not provide (never silent), as
+    "At a glance" bullets."""
+    inputs, loading = doc.get("inputs") or {}, doc.get("loading") or {}
+    out = []
+
+    def names(items: Sequence[str], first: int) -> str:
+        return ", ".join(code(n) for n in items[:first]) + (" ..." if len(items) > first else "")
+
+    if inputs.get("task"):
+        data = inputs.get("data")
+        name = data.get("name") if isinstance(data, Mapping) else data
+        used = next((f"{fmt(inputs[k])} {k}" for k in ("pairs", "images", "records") if inputs.get(k)), None)
+        out.append(f"Task `{inputs['task']}` on `{name}`" + (f" ({used})" if used else "")
+                   + (f"; loss: {inputs['loss']}." if inputs.get("loss") else "."))  # fmt: skip
+    excluded = (inputs.get("excluded_from_hessian") or {}).get("parameters") or []
+    if excluded:
+        out.append(f"{len(excluded)} parameters are excluded from the Hessian (the loss does not depend on them): "
+                   f"{names(excluded, 8)}.")  # fmt: skip
+    if loading.get("freshly_initialised"):
+        fresh = loading["freshly_initialised"]
+        out.append(f"**{len(fresh)} tensors were freshly initialised** (not in the checkpoint; --allow-missing): "
+                   f"{names(fresh, 20)}.")  # fmt: skip
+    if loading.get("unexpected"):
+        out.append(f"{len(loading['unexpected'])} checkpoint tensors are not in the model and were not used: "
+                   f"{names(loading['unexpected'], 20)}.")  # fmt: skip
+    if loading.get("ignored"):
+        out.append(f"{len(loading['ignored'])} checkpoint tensors belong to a head this task does not use "
+                   f"(ignored): {names(loading['ignored'], 8)}.")  # fmt: skip
+    return [f"- {line}" for line in out]
+
+
 def provenance_section(doc: Doc) -> list[str]:
     """Versions, seed, times; the inputs with sizes and SHA-256; every setting (as JSON)."""
     prov = doc["provenance"]

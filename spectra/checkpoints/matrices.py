@@ -4,8 +4,10 @@ The decision (:func:`plan_tensor`) uses only metadata (name, shape, dtype, modul
 whole inventory exists before any data is read; :func:`extract_matrices` then applies the recorded
 recipe to the loaded tensor. Every matrix has rows = outputs and columns = inputs. Rules, in order:
 
-1. **Skipped, with the reason stated**: non-float tensors (integer/bool buffers); scalars; 1-D tensors
-   ("1-D (bias/norm)"); empty tensors; matrices whose smaller side is below ``min_dim`` (default 2).
+1. **Skipped, with the reason stated**: tensors the reader marked unreadable (``TensorMeta.skip``: sparse,
+   meta, quantized torch, nested, self-overlapping views, above the size cap) and optimizer state; complex
+   and other non-float tensors (integer/bool buffers); scalars; 1-D tensors ("1-D (bias/norm)"); empty
+   tensors; matrices whose smaller side is below ``min_dim`` (default 2).
 2. **Leading singleton dims** of tensors with 3 or more dims are squeezed when what remains is at most
    2-D: ViT ``cls_token`` (1, 1, E) becomes 1-D (skipped), ``pos_embed`` (1, N, E) an (N, E) matrix.
 3. **2-D weights** are used as stored (PyTorch ``nn.Linear`` is (out, in)). Raw ``nn.Parameter``s and
@@ -40,6 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hessian_spectra.checkpoints.base import TensorMeta
+from hessian_spectra.checkpoints.qkv_layout import (
+    INTERLEAVED_QKV_MODEL_TYPES,
+    attention_layout,
+    qkv_split,
+)
+from hessian_spectra.checkpoints.qkv_layout import config_value as _cfg
+from hessian_spectra.checkpoints.qkv_layout import leaf as _leaf
+from hessian_spectra.checkpoints.qkv_layout import model_type as _model_type
 from hessian_spectra.checkpoints.reader import Checkpoint
 from hessian_spectra.weights.roles import tensor_role
 
@@ -61,7 +71,6 @@ __all__ = [
 
 CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_transformer"})
 CONV1D_LEAVES = frozenset({"c_attn", "c_proj", "c_fc", "q_attn"})
-INTERLEAVED_QKV_MODEL_TYPES = frozenset({"gpt_neox", "bloom"})
 CONV_RULES = ("flatten", "per_position", "skip")
 
 
@@ -95,13 +104,15 @@ class TensorRecord:
     status: str  # "analysed" | "skipped"
     reason: str  # why skipped ("" when analysed)
     matrices: tuple[str, ...]
-    kind: str  # linear | embedding | conv | qkv_fused | expert | vector | scalar | buffer
+    kind: str  # linear | embedding | conv | qkv_fused | expert | vector | scalar | buffer | optimizer_state | unreadable
     role: str = "other"
     matrix_shapes: tuple[tuple[int, int], ...] = ()
     matrix_kinds: tuple[str, ...] = ()
     note: str = ""
     ops: tuple[str, ...] = ()
     split: tuple = field(default=())
+    key: str | None = None  # where the tensor sits in the file, when that differs from ``name``
+    storage: str | None = None  # how it is stored, when that differs from ``dtype`` (GGUF ``Q8_0``)
 
     @property
     def analysed(self) -> bool:
@@ -148,48 +159,8 @@ class MatrixView:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _cfg(config: dict | None, *keys: str) -> Any:
-    """First present key, looked up in the config then in a nested ``text_config``."""
-    for c in (config or {}, (config or {}).get("text_config") or {}):
-        if not isinstance(c, dict):
-            continue
-        for k in keys:
-            if c.get(k) is not None:
-                return c[k]
-    return None
-
-
-def attention_layout(config: dict | None) -> tuple[int, int, int] | None:
-    """(num_heads, num_kv_heads, head_dim) from a HF-style config, or None when it does not say."""
-    heads = _cfg(config, "num_attention_heads", "n_head", "num_heads", "n_heads")
-    if not isinstance(heads, int) or heads <= 0:
-        return None
-    kv = _cfg(config, "num_key_value_heads", "n_kv_heads", "num_kv_heads")
-    if not isinstance(kv, int) or kv <= 0:
-        kv = 1 if _cfg(config, "multi_query") is True else heads
-    head_dim = _cfg(config, "head_dim")
-    if not isinstance(head_dim, int) or head_dim <= 0:
-        hidden = _cfg(config, "hidden_size", "n_embd", "d_model", "dim", "embed_dim")
-        if not isinstance(hidden, int) or hidden % heads:
-            return None
-        head_dim = hidden // heads
-    return heads, kv, head_dim
-
-
 def _is_float(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat")) and not dtype.startswith("float4")
-
-
-def _leaf(name: str) -> str:
-    parts = [p for p in name.split(".") if not p.isdigit()]
-    if len(parts) >= 2 and parts[-1] in ("weight", "bias"):
-        return parts[-2]
-    return parts[-1]
-
-
-def _model_type(config: dict | None) -> str | None:
-    mt = (config or {}).get("model_type")
-    return mt if isinstance(mt, str) else None
 
 
 def _is_hf_conv1d(name: str, module_type: str | None, config: dict | None) -> bool:
@@ -198,35 +169,6 @@ def _is_hf_conv1d(name: str, module_type: str | None, config: dict | None) -> bo
     return (
         _model_type(config) in CONV1D_MODEL_TYPES and _leaf(name) in CONV1D_LEAVES and name.endswith("weight")
     )
-
-
-def _qkv_split(name: str, rows: int, cols: int, config: dict | None) -> tuple[tuple, str]:
-    """Split recipe for a fused QKV matrix (rows, cols), or () with the reason."""
-    leaf = _leaf(name)
-    layout = attention_layout(config)
-    if leaf.lower() == "query_key_value":
-        mt = _model_type(config)
-        if mt not in INTERLEAVED_QKV_MODEL_TYPES:
-            return (), (
-                f"query_key_value layout depends on the architecture (model_type={mt!r}, known: "
-                f"{', '.join(sorted(INTERLEAVED_QKV_MODEL_TYPES))}); analysed whole only"
-            )
-        if layout and layout[0] == layout[1] and rows == 3 * layout[0] * layout[2]:
-            return ("interleaved", layout[0], layout[2]), (
-                f"{mt} per-head interleaved (heads={layout[0]}, 3, head_dim={layout[2]}) rows"
-            )
-        return (), f"config heads do not match {rows} fused rows; analysed whole only"
-    if layout:
-        h, kv, d = layout
-        if h * d + 2 * kv * d == rows:
-            return (
-                "contiguous",
-                h * d,
-                kv * d,
-            ), f"contiguous [Q;K;V] rows from config (heads={h}, kv_heads={kv}, head_dim={d})"
-    if rows == 3 * cols:
-        return ("contiguous", cols, cols), "contiguous [Q;K;V] rows, equal thirds"
-    return (), f"head layout unknown ({rows} rows, {cols} cols, no matching config); analysed whole only"
 
 
 def _skip(base: dict, reason: str, kind: str) -> TensorRecord:
@@ -243,7 +185,20 @@ def plan_tensor(
     """Decide from metadata alone whether and how a tensor becomes matrices (see module docstring)."""
     name, shape, dtype = meta.name, tuple(int(s) for s in meta.shape), meta.dtype
     role = tensor_role(name, config, module_type)
-    base = {"name": name, "shape": shape, "dtype": dtype, "role": role}
+    base = {
+        "name": name,
+        "shape": shape,
+        "dtype": dtype,
+        "role": role,
+        "key": meta.key,
+        "storage": meta.storage,
+    }
+    if meta.skip is not None:
+        return _skip(
+            base, meta.skip, "optimizer_state" if meta.skip.startswith("optimizer") else "unreadable"
+        )
+    if dtype.startswith("complex"):
+        return _skip(base, f"complex dtype {dtype}: spectra of complex weights are not analysed", "buffer")
     if not _is_float(dtype):
         return _skip(base, f"non-float dtype {dtype} (buffer/index)", "buffer")
     if len(shape) == 0:
@@ -286,7 +241,7 @@ def plan_tensor(
                 base, f"too small: matrix {rows}x{cols} has a side below min_dim={options.min_dim}", kind
             )
         if kind == "qkv_fused" and options.split_qkv:
-            split, why = _qkv_split(name, rows, cols, config)
+            split, why = qkv_split(name, rows, cols, config)
             if split:
                 sizes = (
                     (split[1], split[2], split[2]) if split[0] == "contiguous" else (split[1] * split[2],) * 3

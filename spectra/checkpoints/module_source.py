@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from hessian_spectra.checkpoints.base import TensorMeta, _dtype_name, _torch_to_numpy
+from hessian_spectra.checkpoints.limits import show_name
 from hessian_spectra.errors import InputError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class _ModuleSource:
     def load(self, name: str) -> torch.Tensor:
         t = self.tensors[name]
         if t.device.type == "meta":
-            raise InputError(self.path, f"tensor '{name}' is on the meta device and has no data")
+            raise InputError(self.path, f"tensor '{show_name(name)}' is on the meta device and has no data")
         return t.detach().clone()
 
     def close(self) -> None:

@@ -6,9 +6,12 @@ Supported sources (``open_checkpoint``):
 * sharded safetensors: a ``model.safetensors.index.json`` file, or the folder holding it;
 * a Hugging Face model folder: ``model.safetensors`` / its index, else ``pytorch_model.bin`` / its index,
   else a single weight file; ``config.json`` is parsed when present;
-* a PyTorch state dict in ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt``, always read with
+* a PyTorch checkpoint in ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt``, always read with
   ``torch.load(weights_only=True, map_location="cpu", mmap=True)`` (non-mmap only for the legacy
-  non-zip format); ``{"state_dict": {...}}`` / ``{"model": {...}}`` nesting is unwrapped with a note;
+  non-zip format); the weights are found at any depth (``state_dict``, ``model_state``, Lightning, EMA
+  beside the model), wrapper prefixes removed and optimizer state listed apart (``state_dicts``);
+* a GGUF file (llama.cpp; needs the ``gguf`` package): tensors dequantized one at a time, llama names
+  mapped to HF names, Q/K row permutation undone (``gguf_file``, ``gguf_names``);
 * a live ``torch.nn.Module`` (its ``state_dict()``; the module is never modified and ``load`` returns
   copies).
 
@@ -16,22 +19,24 @@ Everything that can be validated without reading tensor data (headers, shard lis
 checked when the checkpoint is opened, so a command fails before it writes anything. All problems are
 reported as :class:`hessian_spectra.errors.InputError` naming the offending file.
 
-This module holds the Checkpoint and the opening logic (folders, shard indexes, format dispatch); each
-format's reader is its own module: ``safetensors_file``, ``torch_file``, ``module_source``.
+This module holds the Checkpoint and the opening logic (folders, format dispatch); each format's reader is
+its own module: ``safetensors_file``, ``torch_file``, ``gguf_file``, ``module_source``, and ``sharded``
+(indexes). Limits on hostile input are in ``limits``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from hessian_spectra.checkpoints.base import FileInfo, TensorMeta, _one_line
+from hessian_spectra.checkpoints.base import FileInfo, TensorMeta, natural_key
+from hessian_spectra.checkpoints.gguf_file import GGUF_SUFFIXES, _GGUFFile
+from hessian_spectra.checkpoints.limits import MAX_TENSORS, read_json_limited, show_name
 from hessian_spectra.checkpoints.module_source import _ModuleSource
 from hessian_spectra.checkpoints.safetensors_file import _SafetensorsFile
+from hessian_spectra.checkpoints.sharded import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES, open_index
 from hessian_spectra.checkpoints.torch_file import _TorchFile
 from hessian_spectra.errors import InputError
 
@@ -39,14 +44,6 @@ if TYPE_CHECKING:  # torch is imported lazily: safetensors read as numpy (load_n
     import torch
 
 __all__ = ["Checkpoint", "open_checkpoint", "natural_key"]
-
-SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key putting ``layer.2`` before ``layer.10`` (digit runs compare as numbers)."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -77,6 +74,10 @@ class Checkpoint:
         self._backends = backends  # tensor name -> backend object
         self._names = sorted(backends, key=natural_key)
         self._closed = False
+        if len(self._names) > MAX_TENSORS:
+            raise InputError(
+                source, f"{len(self._names)} tensors, above the limit of {MAX_TENSORS} per checkpoint"
+            )
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -102,21 +103,44 @@ class Checkpoint:
         return self._backend(name).metas[name]
 
     def load(self, name: str) -> torch.Tensor:
-        """Read one tensor (a fresh CPU tensor for files, a detached copy for live modules)."""
-        if self._closed:
-            raise ValueError(f"checkpoint {self.source!r} is closed")
-        return self._backend(name).load(name)
+        """Read one tensor (a fresh CPU tensor for files, a detached copy for live modules). InputError for
+        a tensor whose ``meta.skip`` says it cannot be read densely (sparse, self-overlapping, above the cap)."""
+        return self._readable(name).load(name)
 
     def load_numpy(self, name: str) -> np.ndarray:
-        """Read one tensor as a numpy array (bf16/f16 as exact float32). Torch-free for safetensors."""
+        """Read one tensor as a numpy array (bf16/f16 as exact float32). Torch-free for safetensors/GGUF."""
+        return self._readable(name).load_numpy(name)
+
+    def _readable(self, name: str):
         if self._closed:
             raise ValueError(f"checkpoint {self.source!r} is closed")
-        return self._backend(name).load_numpy(name)
+        backend = self._backend(name)
+        skip = backend.metas[name].skip
+        if skip is not None:
+            raise InputError(
+                getattr(backend, "path", self.source), f"tensor '{show_name(name)}' cannot be read: {skip}"
+            )
+        return backend
 
     @property
     def torch_free(self) -> bool:
-        """True when every tensor comes from safetensors, so :meth:`load_numpy` never imports torch."""
-        return all(isinstance(b, _SafetensorsFile) for b in self._backends.values())
+        """True when every tensor comes from safetensors or GGUF, so :meth:`load_numpy` never imports torch."""
+        return all(getattr(b, "torch_free", False) for b in self._backends.values())
+
+    def extras(self) -> list[TensorMeta]:
+        """Tensors stored beside the weights that are not weights (optimizer state), for the inventory."""
+        out: list[TensorMeta] = []
+        for b in {id(b): b for b in self._backends.values()}.values():
+            out.extend(getattr(b, "extras", []))
+        return out
+
+    def optimizer_report(self) -> dict[str, Any] | None:
+        """Adam's second moments per parameter when the checkpoint holds optimizer state, else None."""
+        for b in {id(b): b for b in self._backends.values()}.values():
+            report = getattr(b, "optimizer_report", lambda: None)()
+            if report is not None:
+                return report
+        return None
 
     def iter_tensors(self, names: list[str] | None = None):
         """Yield ``(name, tensor)`` one at a time (only one tensor alive per step if the caller drops it)."""
@@ -145,11 +169,15 @@ class Checkpoint:
         }
 
 
-def open_checkpoint(source: str | Path | torch.nn.Module, *, config: dict | None = None) -> Checkpoint:
+def open_checkpoint(
+    source: str | Path | torch.nn.Module, *, config: dict | None = None, entry: str | None = None
+) -> Checkpoint:
     """Open a checkpoint file/folder/module; see the module docstring for what is accepted.
 
     ``config`` overrides any ``config.json`` found next to the weights (used for QKV head layouts and
-    GPT-2 Conv1D detection). Raises :class:`InputError` for missing, corrupt, unsafe or empty inputs.
+    GPT-2 Conv1D detection). ``entry`` picks the nested entry of a torch checkpoint holding the weights
+    (``"ema"``, ``"model_state"``, a ``/``-separated path) instead of the automatic choice. Raises
+    :class:`InputError` for missing, corrupt, unsafe or empty inputs.
     """
     if not isinstance(source, str | os.PathLike):
         import torch
@@ -162,9 +190,9 @@ def open_checkpoint(source: str | Path | torch.nn.Module, *, config: dict | None
         raise InputError(path, "no such file or directory")
     notes: list[str] = []
     if path.is_dir():
-        ckpt = _open_folder(path, notes, config)
+        ckpt = _open_folder(path, notes, config, entry)
     else:
-        ckpt = _open_file(path, notes, config, explicit=True)
+        ckpt = _open_file(path, notes, config, explicit=True, entry=entry)
     ckpt.source = str(source)
     return ckpt
 
@@ -200,10 +228,10 @@ def _open_module(module: torch.nn.Module, config: dict | None) -> Checkpoint:
     )
 
 
-def _open_folder(folder: Path, notes: list[str], config: dict | None) -> Checkpoint:
+def _open_folder(folder: Path, notes: list[str], config: dict | None, entry: str | None) -> Checkpoint:
     cfg_path = folder / "config.json"
     if config is None and cfg_path.is_file():
-        config = _read_json(cfg_path, "config.json")
+        config = read_json_limited(cfg_path, "config.json")
         if not isinstance(config, dict):
             raise InputError(cfg_path, "config.json is not a JSON object")
     for candidate in (
@@ -213,99 +241,72 @@ def _open_folder(folder: Path, notes: list[str], config: dict | None) -> Checkpo
         "pytorch_model.bin.index.json",
     ):
         if (folder / candidate).is_file():
-            return _open_file(folder / candidate, notes, config, explicit=False)
-    weights = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES
-    )
+            return _open_file(folder / candidate, notes, config, explicit=False, entry=entry)
+    suffixes = SAFETENSORS_SUFFIXES + TORCH_SUFFIXES + GGUF_SUFFIXES
+    weights = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in suffixes)
     indexes = sorted(folder.glob("*.index.json"))
     if len(indexes) == 1:
         return _open_file(indexes[0], notes, config, explicit=False)
     if len(weights) == 1:
         notes.append(f"using the only weight file in the folder: {weights[0].name}")
-        return _open_file(weights[0], notes, config, explicit=False)
+        return _open_file(weights[0], notes, config, explicit=False, entry=entry)
     if not weights:
         raise InputError(
             folder,
             "no weight files found (expected model.safetensors, an *.index.json, pytorch_model.bin, "
-            "or a .safetensors/.bin/.pt/.pth file)",
+            "or a .safetensors/.bin/.pt/.pth/.gguf file)",
         )
     listed = ", ".join(p.name for p in weights[:5]) + (" ..." if len(weights) > 5 else "")
     raise InputError(folder, f"several weight files and no index ({listed}); pass one file explicitly")
 
 
-def _open_file(path: Path, notes: list[str], config: dict | None, *, explicit: bool) -> Checkpoint:
+def _open_file(
+    path: Path, notes: list[str], config: dict | None, *, explicit: bool, entry: str | None = None
+) -> Checkpoint:
     name = path.name
-    if explicit and config is None and (path.parent / "config.json").is_file():
+    if (
+        explicit
+        and config is None
+        and path.suffix not in GGUF_SUFFIXES
+        and (path.parent / "config.json").is_file()
+    ):
         try:
-            config = json.loads((path.parent / "config.json").read_text())
+            config = read_json_limited(path.parent / "config.json", "config.json")
             notes.append("read config.json next to the weights")
-        except (OSError, ValueError):
+        except InputError:
             notes.append("config.json next to the weights is unreadable; ignored")
         if not isinstance(config, dict):
             config = None
+    if entry is not None and path.suffix not in TORCH_SUFFIXES:
+        raise InputError(path, f"entry={entry!r} picks a nested entry of a torch checkpoint; this is not one")
     if name.endswith(".index.json"):
-        return _open_index(path, notes, config)
+        files, backends = open_index(path, notes)
+        return Checkpoint(str(path), files, backends, config=config, notes=notes)
     if path.suffix in SAFETENSORS_SUFFIXES:
         backend = _SafetensorsFile(path)
         _require_tensors(backend.metas, path)
         files = [FileInfo(str(path), backend.size, "safetensors")]
         return Checkpoint(str(path), files, dict.fromkeys(backend.metas, backend), config=config, notes=notes)
     if path.suffix in TORCH_SUFFIXES:
-        backend = _TorchFile(path, notes)
+        backend = _TorchFile(path, notes, entry=entry)
         _require_tensors(backend.metas, path)
         files = [FileInfo(str(path), backend.size, "torch")]
         return Checkpoint(str(path), files, dict.fromkeys(backend.metas, backend), config=config, notes=notes)
+    if path.suffix in GGUF_SUFFIXES:
+        backend = _GGUFFile(path, notes)
+        _require_tensors(backend.metas, path)
+        files = [FileInfo(str(path), backend.size, "gguf")]
+        cfg = backend.config if config is None else config
+        return Checkpoint(str(path), files, dict.fromkeys(backend.metas, backend), config=cfg, notes=notes)
     raise InputError(
         path,
         f"unsupported file type '{path.suffix or name}' (expected .safetensors, .bin, .pt, .pth, .ckpt, "
-        "a *.index.json or a model folder)",
+        ".gguf, a *.index.json or a model folder)",
     )
-
-
-def _open_index(index_path: Path, notes: list[str], config: dict | None) -> Checkpoint:
-    index = _read_json(index_path, "index")
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise InputError(index_path, "not a valid index: missing or malformed 'weight_map'")
-    if not weight_map:
-        raise InputError(index_path, "empty checkpoint: the index lists no tensors")
-    shards: dict[str, Any] = {}
-    files: list[FileInfo] = []
-    for shard_name in sorted(set(weight_map.values()), key=natural_key):
-        shard_path = index_path.parent / shard_name
-        if not shard_path.is_file():
-            raise InputError(index_path, f"shard '{shard_name}' listed in the index is missing")
-        if shard_path.suffix in SAFETENSORS_SUFFIXES:
-            shards[shard_name] = _SafetensorsFile(shard_path)
-            files.append(FileInfo(str(shard_path), shards[shard_name].size, "safetensors"))
-        elif shard_path.suffix in TORCH_SUFFIXES:
-            shards[shard_name] = _TorchFile(shard_path, notes)
-            files.append(FileInfo(str(shard_path), shards[shard_name].size, "torch"))
-        else:
-            raise InputError(shard_path, f"unsupported shard file type '{shard_path.suffix}'")
-    backends: dict[str, Any] = {}
-    for tensor_name, shard_name in weight_map.items():
-        shard = shards[shard_name]
-        if tensor_name not in shard.metas:
-            raise InputError(
-                shard.path, f"tensor '{tensor_name}' listed in {index_path.name} is not in this shard"
-            )
-        backends[tensor_name] = shard
-    extra = sum(len(set(s.metas) - set(weight_map)) for s in shards.values())
-    if extra:
-        notes.append(f"{extra} tensors present in shards but not listed in the index were ignored")
-    return Checkpoint(str(index_path), files, backends, config=config, notes=notes)
 
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(path, f"cannot parse {what} JSON: {_one_line(exc)}") from None
 
 
 def _require_tensors(metas: dict, path: Path) -> None:

@@ -6,7 +6,6 @@ the weights probe analyse safetensors checkpoints without importing torch.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 import sys
@@ -20,6 +19,18 @@ from hessian_spectra.checkpoints.base import (
     _file_size,
     _one_line,
     _torch_to_numpy,
+    with_size_cap,
+)
+from hessian_spectra.checkpoints.limits import (
+    MAX_HEADER_BYTES,
+    MAX_HEADER_DEPTH,
+    MAX_NDIM,
+    MAX_TENSORS_PER_FILE,
+    exact_int,
+    human_bytes,
+    loads_limited,
+    max_tensor_bytes,
+    show_name,
 )
 from hessian_spectra.errors import InputError
 
@@ -55,7 +66,6 @@ _ST_NUMPY: dict[str, str] = {
     "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
 }  # fmt: skip
-_MAX_HEADER = 100 * 1024 * 1024  # the safetensors spec caps the header at 100 MB
 
 
 class _SafetensorsFile:
@@ -66,11 +76,15 @@ class _SafetensorsFile:
     Packed/unusual dtypes (F4, F6) and big-endian hosts fall back to ``safe_open().get_tensor``.
     """
 
+    torch_free = True
+
     def __init__(self, path: Path):
         self.path = path
         self.size = _file_size(path)
         self._mtime = path.stat().st_mtime_ns
         self.metas, self.metadata, self._spans = _read_safetensors_header(path, self.size)
+        cap = max_tensor_bytes()
+        self.metas = {k: with_size_cap(m, cap) for k, m in self.metas.items()}
         self._open("numpy")  # safetensors' own checks (coverage, overlaps, dtypes) also run at open time
 
     def _open(self, framework: str = "pt"):
@@ -88,7 +102,9 @@ class _SafetensorsFile:
             fh.seek(start)
             got = fh.readinto(buf)
         if got != end - start:
-            raise InputError(self.path, f"truncated: tensor '{name}' ends at byte {end}, read {start + got}")
+            raise InputError(
+                self.path, f"truncated: tensor '{show_name(name)}' ends at byte {end}, read {start + got}"
+            )
 
     def load_numpy(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a numpy array without importing torch; bf16/f16 become float32 exactly.
@@ -108,7 +124,9 @@ class _SafetensorsFile:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(self.path, f"could not read tensor '{name}': {_one_line(exc)}") from None
+            raise InputError(
+                self.path, f"could not read tensor '{show_name(name)}': {_one_line(exc)}"
+            ) from None
         if code == "BF16":
             return (arr.astype(np.uint32) << 16).view(np.float32)
         if code == "F16":
@@ -131,7 +149,9 @@ class _SafetensorsFile:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(self.path, f"could not read tensor '{name}': {_one_line(exc)}") from None
+            raise InputError(
+                self.path, f"could not read tensor '{show_name(name)}': {_one_line(exc)}"
+            ) from None
 
     def close(self) -> None:
         """Nothing stays open between reads."""
@@ -142,50 +162,91 @@ def _read_safetensors_header(
 ) -> tuple[dict[str, TensorMeta], dict, dict[str, tuple[int, int, str]]]:
     """Parse and validate the JSON header: dtypes, shapes, byte ranges inside the file.
 
-    Returns metas, the ``__metadata__`` dict and, per tensor, (absolute start, end, dtype code)."""
+    Every limit is checked before the header is allocated or parsed (length within the file and under
+    :data:`MAX_HEADER_BYTES`, entry count, nesting depth), and every number must be an exact JSON integer
+    (no floats, bools, ``1e400``). Returns metas, the ``__metadata__`` dict and, per tensor, (absolute start,
+    end, dtype code)."""
     if size < 8:
-        raise InputError(
-            path, f"truncated or corrupt safetensors file ({size} bytes, too short for a header)"
-        )
+        raise InputError(path, f"not a safetensors file: {size} bytes is too short to hold a header")
     try:
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
-            raw = fh.read(n) if n <= _MAX_HEADER and 8 + n <= size else None
+            if n > size - 8:
+                raise InputError(
+                    path,
+                    "not a safetensors file (or a truncated one): the header length in its first 8 bytes "
+                    f"is larger than the file ({size} bytes)",
+                )
+            if n > MAX_HEADER_BYTES:
+                raise InputError(
+                    path,
+                    f"safetensors header of {human_bytes(n)} is above the {human_bytes(MAX_HEADER_BYTES)} limit",
+                )
+            raw = fh.read(n)
     except OSError as exc:
         raise InputError(path, f"cannot read file: {exc.strerror or exc}") from None
-    if raw is None:
+    if len(raw) != n:
+        raise InputError(path, "truncated safetensors header (the file changed while it was read)")
+    if not raw.lstrip(b" ").startswith(b"{"):
+        raise InputError(path, "not a safetensors file: the header is not a JSON object")
+    if raw.count(b'"data_offsets"') > MAX_TENSORS_PER_FILE:
         raise InputError(
-            path, f"truncated or corrupt safetensors header (declared header length {n}, file size {size})"
+            path, f"safetensors header lists more than {MAX_TENSORS_PER_FILE} tensors (the limit)"
         )
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise InputError(path, "corrupt safetensors header (not valid UTF-8 JSON)") from None
+    header = loads_limited(raw, path, "safetensors header", max_depth=MAX_HEADER_DEPTH)
     if not isinstance(header, dict):
         raise InputError(path, "corrupt safetensors header (not a JSON object)")
+    if len(header) > MAX_TENSORS_PER_FILE + 1:
+        raise InputError(
+            path, f"safetensors header lists more than {MAX_TENSORS_PER_FILE} tensors (the limit)"
+        )
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise InputError(path, "corrupt safetensors header: '__metadata__' is not an object")
     data_size = size - 8 - n
     metas: dict[str, TensorMeta] = {}
     spans: dict[str, tuple[int, int, str]] = {}
     for name, info in header.items():
-        try:
-            code, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            shape = tuple(int(s) for s in shape)
-            begin, end = int(begin), int(end)
-        except (KeyError, TypeError, ValueError):
-            raise InputError(path, f"corrupt safetensors header entry for '{name}'") from None
-        # an unknown dtype code is kept (and later skipped as non-float) rather than failing the file
-        torch_name, itemsize = _ST_DTYPES.get(str(code), (f"unknown:{code}", None))
-        sized_ok = itemsize is None or end - begin == math.ceil(math.prod(shape) * itemsize)
-        if any(s < 0 for s in shape) or not sized_ok or begin < 0 or end < begin:
-            raise InputError(
-                path, f"corrupt safetensors header: byte range of '{name}' does not match its shape"
-            )
-        if end > data_size:
-            raise InputError(
-                path,
-                f"truncated safetensors file: tensor '{name}' needs {end} data bytes, the file has {data_size}",
-            )
+        code, shape, begin, end = _header_entry(path, name, info, data_size)
+        torch_name = _ST_DTYPES[code][0] if code in _ST_DTYPES else f"unknown:{code}"
         metas[name] = TensorMeta(name, shape, torch_name, str(path))
-        spans[name] = (8 + n + begin, 8 + n + end, str(code))
+        spans[name] = (8 + n + begin, 8 + n + end, code)
     return metas, metadata, spans
+
+
+def _header_entry(path: Path, name: str, info: Any, data_size: int) -> tuple[str, tuple[int, ...], int, int]:
+    """One header entry checked: string dtype, exact non-negative integer dims and offsets, the offsets
+    span equal to the dtype/shape byte size (unknown dtypes: any span), the span inside the data."""
+    shown = show_name(name)
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+        raise InputError(path, f"corrupt safetensors header entry for '{shown}'")
+    code, shape, offsets = info["dtype"], info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise InputError(
+            path,
+            f"corrupt safetensors header: shape of '{shown}' is not a list of at most {MAX_NDIM} integers",
+        )
+    dims = [exact_int(s) for s in shape]
+    if any(d is None for d in dims):
+        raise InputError(
+            path,
+            f"corrupt safetensors header: shape of '{shown}' holds a value that is not a non-negative integer",
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2:
+        raise InputError(path, f"corrupt safetensors header: data_offsets of '{shown}' is not [begin, end]")
+    begin, end = exact_int(offsets[0]), exact_int(offsets[1])
+    if begin is None or end is None or end < begin:
+        raise InputError(
+            path, f"corrupt safetensors header: data_offsets of '{shown}' are not integers 0 <= begin <= end"
+        )
+    if end > data_size:
+        raise InputError(
+            path,
+            f"truncated safetensors file: tensor '{shown}' needs {end} data bytes, the file has {data_size}",
+        )
+    itemsize = _ST_DTYPES.get(code, (None, None))[1]
+    if itemsize is not None and end - begin != math.ceil(math.prod(dims) * itemsize):
+        raise InputError(
+            path, f"corrupt safetensors header: byte range of '{shown}' does not match its shape"
+        )
+    return code, tuple(dims), begin, end

@@ -1,12 +1,20 @@
-"""The torch pickle backend: a ``torch.save``'d state dict read with ``weights_only=True`` (mmap for zip).
+"""The torch pickle backend: a ``torch.save``'d checkpoint read with ``weights_only=True`` (mmap for zip;
+the legacy non-zip format is read whole, still with ``weights_only=True``).
 
-Also turns torch's unpickling errors into one-line InputErrors and unwraps ``{"state_dict": ...}`` nesting.
+The weights are found wherever they sit (:mod:`hessian_spectra.checkpoints.state_dicts`), optimizer state is
+listed apart (:mod:`hessian_spectra.checkpoints.optimizer_state`), and every tensor that is not a plain dense
+tensor backed by its own storage (sparse, meta, quantized, nested, complex, or a view that addresses the
+same stored element twice, such as a stride-0 ``expand``) is marked skipped with the reason, never
+materialised. torch's unpickling errors become one-line InputErrors, without its advice to turn the
+safety off.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,29 +26,45 @@ from hessian_spectra.checkpoints.base import (
     _file_size,
     _one_line,
     _torch_to_numpy,
+    with_size_cap,
 )
+from hessian_spectra.checkpoints.limits import MAX_TENSORS_PER_FILE, max_tensor_bytes, show_name
+from hessian_spectra.checkpoints.optimizer_state import optimizer_metas, second_moments
+from hessian_spectra.checkpoints.state_dicts import find_weights
 from hessian_spectra.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-NESTING_KEYS = ("state_dict", "model", "model_state_dict", "module")
-
 
 class _TorchFile:
-    """A torch.save'd state dict, opened with weights_only=True (and mmap for the zip format)."""
+    """A torch.save'd checkpoint: its weights (clean names -> tensors), their metadata and the optimizer
+    state found beside them."""
 
-    def __init__(self, path: Path, notes: list[str]):
+    def __init__(self, path: Path, notes: list[str], *, entry: str | None = None):
         self.path = path
         self.size = _file_size(path)
         self._mtime = path.stat().st_mtime_ns
         obj, self.mmapped = _torch_load(path)
-        self.tensors = _unwrap_state_dict(obj, path, notes)
-        self.metas = {
-            k: TensorMeta(k, tuple(t.shape), _dtype_name(t.dtype), str(path)) for k, t in self.tensors.items()
-        }
+        found = find_weights(obj, path, entry=entry)
+        if len(found.tensors) > MAX_TENSORS_PER_FILE:
+            raise InputError(path, f"holds more than {MAX_TENSORS_PER_FILE} tensors (the limit)")
+        notes.extend(found.notes)
+        self.tensors = found.tensors
+        self.optimizers = found.optimizers
+        cap = max_tensor_bytes()
+        self.metas = {}
+        for name, t in self.tensors.items():
+            key = found.keys[name]
+            meta = _tensor_meta(name, t, str(path), None if key == name else key)
+            self.metas[name] = with_size_cap(meta, cap)
+        self.extras = optimizer_metas(self.optimizers, str(path))
         if not self.mmapped:
             notes.append(f"{path.name}: legacy (non-zip) torch format, loaded into memory without mmap")
+
+    def optimizer_report(self) -> dict[str, Any] | None:
+        """Adam's second moments per parameter (see :func:`second_moments`), or None."""
+        return second_moments(self.optimizers, self.tensors) if self.optimizers else None
 
     def load_numpy(self, name: str) -> np.ndarray:
         return _torch_to_numpy(self.load(name))
@@ -51,10 +75,63 @@ class _TorchFile:
         try:
             return self.tensors[name].clone()
         except Exception as exc:
-            raise InputError(self.path, f"could not read tensor '{name}': {_one_line(exc)}") from None
+            raise InputError(
+                self.path, f"could not read tensor '{show_name(name)}': {_one_line(exc)}"
+            ) from None
 
     def close(self) -> None:
         self.tensors = {}
+        self.optimizers = []
+
+
+def _tensor_meta(name: str, t: Any, file: str, key: str | None) -> TensorMeta:
+    """Metadata of one loaded tensor; ``skip`` says why it cannot be read as a dense matrix."""
+    import torch
+
+    dtype = _dtype_name(t.dtype)
+    if t.is_nested:
+        return TensorMeta(name, (), dtype, file, key=key, skip="nested (ragged) tensor: not a matrix")
+    shape = tuple(int(s) for s in t.shape)
+    meta = TensorMeta(name, shape, dtype, file, key=key)
+    if t.layout != torch.strided:
+        return replace(
+            meta, skip=f"{str(t.layout).removeprefix('torch.')} tensor: sparse weights are not analysed"
+        )
+    if t.device.type == "meta":
+        return replace(meta, skip="meta tensor: the file stores its shape only, no values")
+    if t.is_quantized:
+        return replace(meta, skip=f"quantized torch tensor ({dtype}): not analysed")
+    if t.is_complex():
+        return replace(meta, skip=f"complex dtype {dtype}: spectra of complex weights are not analysed")
+    problem = _storage_problem(t)
+    return meta if problem is None else replace(meta, skip=problem)
+
+
+def _storage_problem(t: Any) -> str | None:
+    """Why ``t``'s storage does not back it one element per element, or None.
+
+    A view addresses the same stored element twice iff, with dims of size > 1 sorted by stride, some
+    stride is smaller than the extent of the dims before it (a stride-0 ``expand`` is the extreme case);
+    the view must also end inside its storage."""
+    sizes, strides = t.shape, t.stride()
+    numel = t.numel()
+    if numel == 0:
+        return None
+    dims = sorted((st, sz) for sz, st in zip(sizes, strides, strict=True) if sz > 1)
+    extent = 1
+    for st, sz in dims:
+        if st < extent:
+            stored = 1 + sum(s * (z - 1) for s, z in dims)
+            return (
+                f"self-overlapping view (a stride-0 expand or overlapping strides): {numel} elements from at "
+                f"most {stored} stored ones; not materialised"
+            )
+        extent = st * (sz - 1) + extent
+    needed = t.storage_offset() + sum(st * (sz - 1) for st, sz in dims) + 1
+    stored = t.untyped_storage().nbytes() // max(1, t.element_size())
+    if needed > stored:
+        return f"view needs {needed} stored elements, its storage holds {stored}"
+    return None
 
 
 def _torch_load(path: Path) -> tuple[Any, bool]:
@@ -70,28 +147,36 @@ def _torch_load(path: Path) -> tuple[Any, bool]:
     if not magic:
         raise InputError(path, "empty file (0 bytes)")
     try:
-        if is_zip:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
-        if magic[:2] == b"PK":
-            raise InputError(
-                path, "truncated or corrupt zip archive (PyTorch checkpoint): central directory missing"
-            )
-        return torch.load(path, map_location="cpu", weights_only=True), False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol and sparse-invariant chatter
+            if is_zip:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
+            if magic[:2] == b"PK":
+                raise InputError(
+                    path, "truncated or corrupt zip archive (PyTorch checkpoint): central directory missing"
+                )
+            return torch.load(path, map_location="cpu", weights_only=True), False
     except InputError:
         raise
     except Exception as exc:
         raise InputError(path, _explain_torch_error(exc, is_zip)) from None
 
 
+_REFUSED = (
+    "refused: loading this pickle would execute code{what}; weights_only=True is enforced and nothing from "
+    "the file was run. Save model.state_dict() or convert to safetensors instead"
+)
+
+
 def _explain_torch_error(exc: Exception, is_zip: bool) -> str:
+    """One line for a failed ``torch.load``, never repeating torch's advice to retry with weights_only=False."""
     text = str(exc)
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    m = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
     if m or "Unsupported class" in text:
-        what = f" (it references {m.group(1)})" if m else ""
-        return (
-            f"refused: loading this pickle would execute code{what}; weights_only=True is enforced. "
-            "Save model.state_dict() or convert to safetensors instead"
-        )
+        return _REFUSED.format(what=f" (it references {m.group(1)})" if m else "")
+    if "Weights only load failed" in text or "weights_only" in text:
+        op = re.search(r"Unsupported operand (\d+)", text)
+        return _REFUSED.format(what=f" (pickle opcode {op.group(1)} is not allowed)" if op else "")
     if isinstance(exc, EOFError) or "Ran out of input" in text:
         return "truncated PyTorch checkpoint (unexpected end of file)"
     if "zip archive" in text or "PytorchStreamReader" in text or "miniz" in text:
@@ -99,29 +184,3 @@ def _explain_torch_error(exc: Exception, is_zip: bool) -> str:
     if not is_zip:
         return "not a PyTorch checkpoint or a corrupt one (unpickling failed)"
     return f"corrupt PyTorch checkpoint: {_one_line(exc)}"
-
-
-def _unwrap_state_dict(obj: Any, path: Path, notes: list[str]) -> dict[str, torch.Tensor]:
-    """Accept a flat {name: tensor} dict, or one nested under a common key; ignore non-tensors."""
-    import torch
-
-    if not isinstance(obj, dict):
-        if isinstance(obj, torch.Tensor):
-            raise InputError(path, "the file holds a single tensor, not a state dict of named tensors")
-        raise InputError(path, f"not a state dict: the file holds a {type(obj).__name__}")
-    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in NESTING_KEYS:
-            inner = obj.get(key)
-            if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-                others = [str(k) for k in obj if k != key]
-                notes.append(
-                    f"{path.name}: tensors taken from the nested '{key}' entry"
-                    + (f" (other top-level entries ignored: {', '.join(others[:6])})" if others else "")
-                )
-                obj = inner
-                break
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    skipped = len(obj) - len(tensors)
-    if skipped and tensors:
-        notes.append(f"{path.name}: {skipped} non-tensor entries ignored")
-    return tensors

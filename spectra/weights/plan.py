@@ -35,6 +35,10 @@ class WeightsSettings:
     min_dim: int = 2
     conv_rule: str = "flatten"
     split_qkv: bool = True
+    #: also summarise Adam's second moments per parameter when the checkpoint holds optimizer state
+    optimizer_state: bool = False
+    #: the nested entry of a torch checkpoint to read (``"ema"``); None: chosen automatically
+    entry: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +66,7 @@ def plan_inventory(ckpt: Checkpoint, settings: WeightsSettings) -> list[TensorRe
         if record.status == "analysed" and settings.layers and not _selected(name, settings.layers):
             record = _skip(record, "not selected by --layers")
         records.append(record)
+    records.extend(plan_tensor(meta, options=options) for meta in ckpt.extras())  # optimizer state, listed
     return records
 
 

@@ -61,7 +61,7 @@ def analyze_weights(
     on_cpu = device is None or str(device) == "cpu"
     started = time.perf_counter()
     with ExitStack() as stack:
-        ckpt = stack.enter_context(open_checkpoint(source))
+        ckpt = stack.enter_context(open_checkpoint(source, entry=settings.entry))
         use_numpy = ckpt.torch_free and on_cpu
         compute_dtype: Any = settings.dtype if use_numpy else compute_dtype_of(settings)
         if settings.threads:
@@ -85,6 +85,7 @@ def analyze_weights(
         files = tuple(ckpt.files)
         notes = tuple(ckpt.notes)
         display = ckpt.source
+        optimizer = ckpt.optimizer_report() if settings.optimizer_state else None
     elapsed = time.perf_counter() - started
     summary = summarize([m.metrics for m in results if m.metrics is not None])
     return WeightsReport(
@@ -103,6 +104,7 @@ def analyze_weights(
             },
         ),
         notes=notes,
+        optimizer_state=optimizer,
     )
 
 

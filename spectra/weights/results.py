@@ -66,6 +66,8 @@ class WeightsReport:
     settings: WeightsSettings
     provenance: dict[str, Any]
     notes: tuple[str, ...] = ()
+    #: Adam's second moments per parameter (``WeightsSettings.optimizer_state``), else None
+    optimizer_state: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,7 @@ class WeightsReport:
             "summary": self.summary.to_dict(),
             "matrices": [m.to_dict() for m in self.matrices],
             "inventory": [_record_dict(r) for r in self.inventory],
+            "optimizer_state": self.optimizer_state,
         }
 
 

@@ -62,3 +62,42 @@ def test_folder_without_tokenizer_is_refused(tmp_path, capsys):
         ["partition", str(folder), "--verify", "--data", str(text), "--out", str(out), "--quiet"], capsys
     )
     assert_clean_failure(code, err, "bare", out)
+
+
+def _bert_classifier(path, num_labels=3):
+    from support.hf import _word_tokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    n = _word_tokenizer(path)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=n, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                     max_position_embeddings=32, pad_token_id=1, num_labels=num_labels)  # fmt: skip
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    return path
+
+
+def test_sequence_classification_from_jsonl_labels(tmp_path):
+    from hessian_spectra.analyses.workloads import load_hf_workload
+    from hessian_spectra.errors import InputError
+
+    folder = _bert_classifier(tmp_path / "bert")
+    rows = [("the cat sat", 0), ("a dog ran to the house", 2), ("big red car", 1), ("small blue mat", 2)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in rows))
+    work = load_hf_workload(folder, data, batch_size=2, max_batches=0)
+    assert work.inputs["task"] == "sequence-classification" and len(work.batches) == 2
+    assert [int(y) for b in work.batches for y in b["labels"]] == [y for _, y in rows]
+    batch = work.batches[1]
+    with torch.no_grad():
+        logits = work.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        expected = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        assert float(work.model(**batch).loss) == pytest.approx(float(expected), rel=1e-6)
+    data.write_text(json.dumps({"text": "the cat", "label": 3}) + "\n")
+    with pytest.raises(InputError, match="label 3 is not a class of this model"):
+        load_hf_workload(folder, data)
+    data.write_text(json.dumps({"text": "the cat"}) + "\n")
+    with pytest.raises(InputError, match="'label' on every record"):
+        load_hf_workload(folder, data)
+    data.write_text(json.dumps({"text": "the cat", "label": "dog"}) + "\n")
+    with pytest.raises(InputError, match="non-negative integer class index"):
+        load_hf_workload(folder, data)

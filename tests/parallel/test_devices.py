@@ -301,7 +301,7 @@ def test_from_pretrained_arguments_per_transformers_version(monkeypatch):
     the device (a device map of one entry) when accelerate is there, else a CPU load then ``.to``."""
     from types import SimpleNamespace
 
-    from hessian_spectra.analyses import workloads as data
+    from hessian_spectra.analyses.workloads import placement as data
 
     v5, v4 = SimpleNamespace(__version__="5.23.0"), SimpleNamespace(__version__="4.45.2")
     monkeypatch.setattr(data, "_has_accelerate", lambda: True)

@@ -21,6 +21,22 @@ def make():
 """
 
 
+# the smallest Hessian budget a CLI run accepts: for tests of inputs and failures, not of numbers
+TINY_BUDGET = [
+    "--top-k",
+    "1",
+    "--probes",
+    "1",
+    "--steps",
+    "4",
+    "--block-probes",
+    "1",
+    "--block-steps",
+    "2",
+    "--quiet",
+]
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """Run the console entry point in-process; return (exit code, stdout, stderr)."""
     try:

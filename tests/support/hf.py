@@ -82,3 +82,67 @@ def tiny_architectures() -> dict:
             t.T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
         ),
     }
+
+
+def _word_tokenizer(path, specials: tuple[str, ...] = ("[UNK]", "[PAD]")):
+    """A WordLevel tokenizer over WORDS saved into ``path`` (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {**{s: i for i, s in enumerate(specials)}, **{w: i + len(specials) for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    fast.save_pretrained(path)
+    return len(vocab)
+
+
+def tiny_sentence_encoder(path, *, pooling="mean", normalize=True, modules=True, hidden=8, seed=0):
+    """A sentence-transformers folder: a 1-layer BertModel (eager attention) at the root, ``modules.json``,
+    ``1_Pooling/config.json`` (legacy boolean keys) and an optional Normalize module."""
+    import json
+    from pathlib import Path
+
+    from transformers import BertConfig, BertModel
+
+    path = Path(path)
+    n = _word_tokenizer(path)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=n, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=32, pad_token_id=1)  # fmt: skip
+    BertModel(cfg).save_pretrained(path)
+    if modules:
+        mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]  # fmt: skip
+        if normalize:
+            mods.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
+        (path / "modules.json").write_text(json.dumps(mods))
+        (path / "1_Pooling").mkdir(exist_ok=True)
+        flags = {
+            f"pooling_mode_{k}": False
+            for k in ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")
+        }
+        key = {"cls": "cls_token", "max": "max_tokens", "mean": "mean_tokens"}[pooling]
+        flags[f"pooling_mode_{key}"] = True
+        (path / "1_Pooling" / "config.json").write_text(
+            json.dumps({"word_embedding_dimension": hidden, **flags})
+        )
+        (path / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": 16, "do_lower_case": False})
+        )
+    return path
+
+
+def pair_lines(n: int = 8) -> list[tuple[str, str]]:
+    """``n`` (anchor, positive) pairs of WORDS."""
+    return [
+        (" ".join(WORDS[i % 10 : i % 10 + 4]), " ".join(WORDS[(i + 1) % 10 : (i + 1) % 10 + 5]))
+        for i in range(n)
+    ]
