@@ -81,17 +81,11 @@ def optimizer_advice(
     anchor = SECTIONS["heterogeneity"]
     if verdict == "heterogeneous":
         cited = [_cite(q) for q in fired] or [f"rule: {het.get('verdict_rule')}"]
-        spread = (het.get("scale_spread") or {}).get("lambda_max") or {}
-        if any(q.get("key") == "decades" for q in fired) and spread.get("max_block"):
-            cited.append(
-                f"blocks `{spread['max_block']}` and `{spread['min_block']}` differ by "
-                f"{fmt_ratio(spread.get('ratio'))} in lambda_max"
-            )
-            evidence.update(largest_block=spread["max_block"], smallest_block=spread["min_block"])
         drivers = _top_drivers(het)
         if drivers:
             cited.append(
-                "driven most by " + ", ".join(f"{d['group']} ({d['num_blocks']} blocks)" for d in drivers)
+                "driven most by "
+                + ", ".join(f"{d['group']} ({fmt(d['effect'], 2)} decades, {d['num_blocks']} blocks)" for d in drivers)
             )
             evidence["drivers"] = [d["group"] for d in drivers]
         margins = [_margin(q) for q in fired]
@@ -130,10 +124,10 @@ def optimizer_advice(
 
 
 def _top_drivers(het: Mapping[str, Any], n: int = 3) -> list[dict[str, Any]]:
-    """Groups with a positive contribution, largest first, under the convention the report names."""
-    drivers = het.get("drivers") or {}
-    rows = drivers.get(het.get("drivers_convention") or "scales-kept") or next(iter(drivers.values()), [])
-    return [d for d in rows if (d.get("contribution") or 0) > 0][:n]
+    """The groups that move the verdict's statistic most (leave-one-group-out ``effect`` > 0, largest
+    first): the same ranking the report's heterogeneity section prints, never a JS convention's."""
+    rows = (het.get("drivers") or {}).get("statistic") or []
+    return sorted((d for d in rows if (d.get("effect") or 0) > 0), key=lambda d: -d["effect"])[:n]
 
 
 def adam_mini_advice(
