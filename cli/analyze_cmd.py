@@ -21,7 +21,8 @@ def run_analysis(model, batches, loss, settings, options, *, source: str, weight
         if not quiet:
             err_console().print(f"[bold]{safe(label)}[/]: cost estimate {safe(cost.describe())}")
 
-    with progress_bar(f"{label} hessian", quiet=quiet, unit="HVPs") as update:
+    # one bar per Hessian phase ("hessian: Lanczos", "gpt: block SLQ"); never "hessian hessian"
+    with progress_bar(label, quiet=quiet, unit="steps", phased=True) as update:
         return analyze_model(
             model, batches, loss, settings, source=source, options=options, weights_source=weights_source,
             progress=update, on_estimate=announce, extra=extra, kind=kind, inputs=inputs,

@@ -5,7 +5,8 @@ parameters gets every eigenvalue from its n columns (:mod:`hessian_spectra.curva
 a model of dim <= probes x steps its whole dense spectrum (:mod:`hessian_spectra.krylov.exact`).
 
 :func:`estimate_cost` says how many HVPs a run will take before any is done; :func:`run_hessian` does
-the work and calls ``progress(done, total, label)`` with HVP counts as it goes.
+the work and calls ``progress(done, total, phase)`` as it goes, counting the steps of each phase
+(:func:`phase_steps`; ``phase`` "done" at the end).
 """
 
 from __future__ import annotations
@@ -210,6 +211,13 @@ def _query_head_dims(shapes: dict[str, tuple[int, ...]], n_heads: int) -> dict[s
     return out
 
 
+def phase_steps(cost: CostEstimate) -> dict[str, int]:
+    """Steps per progress phase (upper bounds: Lanczos may stop early): what one step of each costs is
+    alike within a phase, so a phase's ETA can come from its own step times."""
+    return {"exact Hessian": cost.exact_hvps, "Lanczos": cost.lanczos_hvps, "SLQ": cost.slq_hvps,
+            "block SLQ": cost.block_lockstep_calls, "exact blocks": cost.exact_blocks}  # fmt: skip
+
+
 def choose_blocks(operator: Any, settings: HessianSettings) -> list[AnyBlock]:
     """The blocks of the block analysis: whole tensors, Q/K/V projections split per head, or one block
     per layer. Adam-mini blocks need the model's partition (``hessian_spectra.analyses.partitions.blockings``): pass them to
@@ -266,11 +274,12 @@ def run_hessian(
 ) -> HessianReport:
     """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see spectra/docs/curvature_operators.md).
 
-    ``blocks`` (any :class:`~hessian_spectra.curvature.blocks.Block` / :class:`~hessian_spectra.curvature.blocks.CompositeBlock` list, e.g. the
-    Adam-mini blocks of ``hessian_spectra.analyses.partitions.blockings``) replaces the blocks ``settings.blocks`` would choose;
-    ``block_notes`` (how they were chosen) go into the report's notes. ``on_estimate(cost)`` is called
-    once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
-    label)`` after every HVP or lockstep block step.
+        ``blocks`` (any :class:`~hessian_spectra.curvature.blocks.Block` / :class:`~hessian_spectra.curvature.blocks.CompositeBlock` list, e.g. the
+        Adam-mini blocks of ``hessian_spectra.analyses.partitions.blockings``) replaces the blocks ``settings.blocks`` would choose;
+        ``block_notes`` (how they were chosen) go into the report's notes. ``on_estimate(cost)`` is called
+        once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
+        phase)`` after every HVP, lockstep block step or exact block, with ``done``/``total`` counting that
+    phase's steps (:func:`phase_steps`), and once with phase "done" at the end.
     """
     from hessian_spectra.curvature.hessian import HessianOperator
 
@@ -300,12 +309,16 @@ def run_hessian(
     if on_estimate is not None:
         on_estimate(cost)
     done = 0
+    phase_totals = phase_steps(cost)
+    phase_done: dict[str, int] = {}
 
     def tick(label: str) -> None:
         nonlocal done
         done += 1
+        phase_done[label] = phase_done.get(label, 0) + 1
         if progress is not None:
-            progress(done, max(cost.total_hvps, done), label)
+            n = phase_done[label]
+            progress(n, max(phase_totals.get(label, n), n), label)
 
     start = time.perf_counter()
     lz = dens = None
@@ -332,7 +345,7 @@ def run_hessian(
                            + (", ..." if len(zero) > 5 else ""))  # fmt: skip
     seconds = time.perf_counter() - start
     if progress is not None:
-        progress(done, done, "done")
+        progress(0, 0, "done")
     return HessianReport(
         settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
         block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes) + tuple(block_notes),
