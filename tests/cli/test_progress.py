@@ -64,8 +64,8 @@ def test_cli_progress_lines_when_stderr_is_a_file(monkeypatch):
     """A probe run through the CLI wrapper with stderr redirected prints plain lines (interval 0 here),
     names each phase once per line ("hessian: Lanczos", never "hessian hessian"); --quiet prints none."""
     import hessian_spectra.cli.progress as P
-    from hessian_spectra.cli.analyze_cmd import run_analysis
     from hessian_spectra.analyses.report.analyze import AnalyzeOptions
+    from hessian_spectra.cli.analyze_cmd import run_analysis
     from hessian_spectra.curvature.probe import HessianSettings
     from support.models import mlp_case
 
