@@ -129,9 +129,10 @@ class RichBars:
         if self.phased and label == "done":
             self._finish()
             return
-        new = self.state.update(done, total, label if self.phased else None)
-        if self.task is None or (self.phased and new):
-            self._finish()
+        if self.phased and label != self.state.phase:
+            self._finish()  # the previous phase's bar ends at its own count
+        self.state.update(done, total, label if self.phased else None)
+        if self.task is None:
             name = f"{self.title}: {label}" if self.phased else self.title
             self.task = self.progress.add_task(safe(name), total=None, detail="", eta="?")
         detail = "" if self.phased else safe(label[-60:])

@@ -88,3 +88,28 @@ def test_cli_progress_lines_when_stderr_is_a_file(monkeypatch):
         assert "hessian hessian" not in text
         assert all("elapsed" in line for line in progress)
         assert any(line.endswith(", done") for line in progress)
+
+
+def test_rich_bars_one_bar_per_phase_each_ending_at_its_own_count():
+    from hessian_spectra.cli.progress import RichBars
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.tasks: dict[int, dict] = {}
+
+        def add_task(self, description, total=None, **fields):
+            self.tasks[len(self.tasks)] = {"description": description, "total": total, **fields}
+            return len(self.tasks) - 1
+
+        def update(self, task, **fields):
+            self.tasks[task].update(fields)
+
+    rec = Recorder()
+    bars = RichBars(rec, "gpt", phased=True)
+    for i in range(1, 5):  # Lanczos converged after 4 of at most 10 HVPs
+        bars(i, 10, "Lanczos")
+    for i in range(1, 3):
+        bars(i, 3, "block SLQ")
+    bars(0, 0, "done")
+    got = [(t["description"], t["completed"], t["total"]) for t in rec.tasks.values()]
+    assert got == [("gpt: Lanczos", 4, 4), ("gpt: block SLQ", 2, 2)]
