@@ -151,9 +151,7 @@ def _print_table(report, max_rows: int) -> None:
     for m in shown:
         x = m.metrics
         if x is None:
-            table.add_row(
-                safe(m.name), f"{m.shape[0]}x{m.shape[1]}", *["-"] * (len(TABLE_COLUMNS) - 3), m.status
-            )
+            table.add_row(safe(m.name), f"{m.shape[0]}x{m.shape[1]}", *["-"] * (len(TABLE_COLUMNS) - 3), m.status)
             continue
         table.add_row(
             safe(m.name), f"{m.shape[0]}x{m.shape[1]}", fmt(x.sigma_max), fmt(x.stable_rank), fmt(x.condition_number),

@@ -30,9 +30,7 @@ def test_hessian_command_writes_report_matching_exact(tmp_path, capsys):
     assert code in (0, None)
     err = capsys.readouterr().err
     assert "cost estimate" in err and "HVPs" in err
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*REPORT_FILES, "figures", "partition.json", MANIFEST]
-    )
+    assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, "figures", "partition.json", MANIFEST])
     doc = json.loads((out / "report.json").read_text())
     validate_document(doc)  # the report schema of `spectra analyze`
     assert doc["kind"] == "hessian" and doc["provenance"]["torch"]
