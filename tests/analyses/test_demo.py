@@ -16,9 +16,8 @@ def _run(argv):
 
 
 def test_demo_reduced_end_to_end(tmp_path):
-    from hessian_spectra.analyses.report.document import validate_document
-
     import torch
+    from hessian_spectra.analyses.report.document import validate_document
 
     out = tmp_path / "demo"
     threads = torch.get_num_threads()
