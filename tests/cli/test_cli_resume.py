@@ -50,7 +50,9 @@ def _numbers(out):
 
 def _killed_run(args, kill: str, tmp_path):
     env = {**os.environ, "SPECTRA_TEST_KILL_AFTER": kill}
-    code = "from hessian_spectra.cli.main import main; main()"
+    # a shell's background job starts with SIGINT ignored: give the run Python's usual Ctrl-C handler
+    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    code += "from hessian_spectra.cli.main import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)  # fmt: skip
 
