@@ -81,7 +81,8 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
     store = resume_store(
         out, work.model, work_batches, settings, options, kind=kind, device=device, resume=resume
     )
-    if store.saved and not quiet:
+    resumed = list(store.saved)
+    if resumed and not quiet:
         err_console().print(
             f"resuming: {len(store.saved)} finished phase(s) loaded from {safe(store.folder)}"
         )
@@ -90,6 +91,8 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
         result = run_analysis(work.model, work_batches, work.loss, settings, options, source=work.source,
                               weights_source=work.weights_source, quiet=quiet, label=kind, kind=kind, extra=extra,
                               inputs=inputs, resume=store)  # fmt: skip
+    if resumed:  # the report says which phases came from the interrupted run (numbers are the same)
+        result.doc["provenance"]["resumed_phases"] = resumed
     written = write_report(out, result.doc, result.figures, attachments=result.attachments)
     store.discard()
     if not quiet:

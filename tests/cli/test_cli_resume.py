@@ -88,6 +88,7 @@ def test_killed_run_resumes_to_the_same_report(tmp_path, capsys, command, kill):
     code, _, err = run_cli([*args, "--resume"], capsys)
     assert code == 0, err
     assert _numbers(out) == _numbers(ref)
+    assert phase in json.loads((out / "report.json").read_text())["provenance"]["resumed_phases"]
     assert not state.exists()  # removed once the report is written
     assert ".spectra-resume" not in (out / ".spectra-manifest.json").read_text()
 
