@@ -3,6 +3,7 @@ in one folder: report.json, report.md and a self-contained report.html."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from hessian_spectra.errors import InputError
 
 
 def run_analysis(model, batches, loss, settings, options, *, source: str, weights_source=None, quiet: bool,
-                 label: str = "analyze", extra=None, kind: str = "analyze", inputs=None):  # fmt: skip
+                 label: str = "analyze", extra=None, kind: str = "analyze", inputs=None, resume=None):  # fmt: skip
     """Run :func:`hessian_spectra.analyses.report.analyze.analyze_model` with the cost estimate printed first and progress bars."""
     from hessian_spectra.analyses.report.analyze import analyze_model
 
@@ -21,17 +22,18 @@ def run_analysis(model, batches, loss, settings, options, *, source: str, weight
         if not quiet:
             err_console().print(f"[bold]{safe(label)}[/]: cost estimate {safe(cost.describe())}")
 
-    with progress_bar(f"{label} hessian", quiet=quiet, unit="HVPs") as update:
+    # one bar per Hessian phase ("hessian: Lanczos", "gpt: block SLQ"); never "hessian hessian"
+    with progress_bar(label, quiet=quiet, unit="steps", phased=True) as update:
         return analyze_model(
             model, batches, loss, settings, source=source, options=options, weights_source=weights_source,
-            progress=update, on_estimate=announce, extra=extra, kind=kind, inputs=inputs,
+            progress=update, on_estimate=announce, extra=extra, kind=kind, inputs=inputs, resume=resume,
         )  # fmt: skip
 
 
 def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str | None, data: str | None,
                     task: str | None, batch_size: int, seq_len: int, batches: int, out: Path, settings, options,
                     quiet: bool, kind: str = "analyze", device: str | None = None,
-                    device_map: str | None = None, allow_missing: bool = False) -> dict:  # fmt: skip
+                    device_map: str | None = None, allow_missing: bool = False, resume: bool = False) -> dict:  # fmt: skip
     """Load the workload (factory or HF directory), analyse, write the report folder atomically.
     ``kind="hessian"`` (with every non-Hessian option off) is `spectra hessian`."""
     from hessian_spectra.analyses.report.inputs import factory_inputs, hf_inputs
@@ -76,17 +78,56 @@ def run_analyze_cmd(*, factory: str | None, weights: str | None, model_dir: str 
         inputs = {**loaded, **hf_inputs(model_dir, data, task=loaded.get("task"), tokenizer=loaded.get("tokenizer"),
                                          batch_size=batch_size, seq_len=loaded.get("seq_len", seq_len),
                                          batches=work_batches)}  # fmt: skip
+    store = resume_store(
+        out, work.model, work_batches, settings, options, kind=kind, device=device, resume=resume
+    )
+    resumed = list(store.saved)
+    if resumed and not quiet:
+        err_console().print(
+            f"resuming: {len(store.saved)} finished phase(s) loaded from {safe(store.folder)}"
+        )
     # weights_source None: the live module (a factory's, with --weights loaded); else the model folder
-    result = run_analysis(work.model, work_batches, work.loss, settings, options, source=work.source,
-                          weights_source=work.weights_source, quiet=quiet, label=kind, kind=kind, extra=extra,
-                          inputs=inputs)  # fmt: skip
+    with saved_on_interrupt(store):
+        result = run_analysis(work.model, work_batches, work.loss, settings, options, source=work.source,
+                              weights_source=work.weights_source, quiet=quiet, label=kind, kind=kind, extra=extra,
+                              inputs=inputs, resume=store)  # fmt: skip
+    if resumed:  # the report says which phases came from the interrupted run (numbers are the same)
+        result.doc["provenance"]["resumed_phases"] = resumed
     written = write_report(out, result.doc, result.figures, attachments=result.attachments)
+    store.discard()
     if not quiet:
         print_actions(result.doc)
         out_console().print(
             f"wrote {', '.join(sorted({p.relative_to(out).parts[0] for p in written}))} to {safe(out)}"
         )
     return result.doc
+
+
+def resume_store(out: Path, model, batches, settings, options, *, kind: str, device, resume: bool):
+    """The run's :class:`~hessian_spectra.curvature.resume.ResumeStore`: keyed by everything that decides
+    the Hessian numbers (command, settings, options, device, versions, a hash of weights and batches)."""
+    from hessian_spectra.curvature.resume import ResumeStore, fingerprint
+    from hessian_spectra.weights.provenance import provenance
+
+    prov = provenance(settings.seed)
+    key = {"command": kind, "settings": settings.to_dict(), "options": options.to_dict(), "device": str(device),
+           "versions": {k: prov[k] for k in ("tool_version", "torch", "numpy", "scipy", "python")},
+           "weights and batches": fingerprint(model, batches)}  # fmt: skip
+    return ResumeStore(out, key, resume=resume)
+
+
+@contextmanager
+def saved_on_interrupt(store):
+    """Ctrl-C (or SIGTERM/SIGHUP) during the run: the one-line message says what was saved and how to go on."""
+    from hessian_spectra.errors import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        if store.saved:
+            exc.args = (f"{exc}; {len(store.saved)} finished phase(s) saved in {store.folder}: rerun the same "
+                        "command with --resume to continue",)  # fmt: skip
+        raise
 
 
 def print_actions(doc) -> None:
@@ -140,6 +181,7 @@ def analyze(
     device_map: o.DeviceMap = None,
     allow_missing: o.AllowMissing = False,
     quiet: o.Quiet = False,
+    resume: o.Resume = False,
 ) -> None:
     """The full report: Hessian spectra, block heterogeneity, head structure, weight spectra, recommendations."""
     from hessian_spectra.analyses.report.analyze import AnalyzeOptions
@@ -159,4 +201,4 @@ def analyze(
     run_analyze_cmd(factory=model_factory, weights=weights, model_dir=model_dir, data=data, task=task,
                     batch_size=batch_size, seq_len=seq_len, batches=batches, out=out, settings=settings,
                     options=options, quiet=quiet, device=dev, device_map=device_map,
-                    allow_missing=allow_missing)  # fmt: skip
+                    allow_missing=allow_missing, resume=resume)  # fmt: skip

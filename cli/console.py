@@ -60,21 +60,22 @@ def fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def progress_bar(description: str, *, quiet: bool, unit: str = "tensors") -> Iterator:
-    """Yield ``update(done, total, label)``; a rich bar with ETA on stderr unless ``quiet`` or stderr is
-    not a terminal (a pipe or a log file gets no bar, and no stray blank line when the bar stops)."""
-    console = err_console()
-    if quiet or not console.is_terminal:
+def progress_bar(description: str, *, quiet: bool, unit: str = "tensors", phased: bool = False) -> Iterator:
+    """Yield ``update(done, total, label)``: rich bars on a terminal, one line every ~10 s on a pipe or
+    log file (:mod:`hessian_spectra.cli.progress`), nothing when ``quiet``. ``phased``: the label names
+    the phase and done/total count its steps (one bar per phase, each with its own ETA)."""
+    from hessian_spectra.cli.progress import PlainLines, RichBars
+
+    if quiet:
         yield lambda done, total, label="": None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    console = err_console()
+    if not console.is_terminal:
+        lines = PlainLines(description, sys.stderr, unit=unit, phased=phased)
+        yield lines
+        lines.close()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -82,14 +83,9 @@ def progress_bar(description: str, *, quiet: bool, unit: str = "tensors") -> Ite
         MofNCompleteColumn(),
         TextColumn(unit),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[label]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TextColumn("{task.fields[detail]}"),
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task(description, total=None, label="")
-
-        def update(done: int, total: int, label: str = "") -> None:
-            progress.update(task, completed=done, total=total, label=safe(label[-60:]))
-
-        yield update
+        yield RichBars(progress, description, phased=phased)

@@ -19,9 +19,30 @@ def run_demo(
     quiet: bool,
     block_probes: int | None = None,
     block_steps: int | None = None,
+    threads: int | None = 1,
 ) -> list[dict]:
     """Train both demo models, write ``<out>/<model>/report.{json,md,html}`` (the `spectra analyze`
-    report) and ``<out>/summary.md`` comparing them."""
+    report) and ``<out>/summary.md`` comparing them. ``threads``: torch intra-op threads for the run
+    (restored after; None keeps torch's): the demo's models are tiny, and on a shared 2-core machine a
+    second thread made one HVP of the GPT 9x slower (bench/RESULTS.md, issue 13), never faster."""
+    import torch
+
+    if threads is not None and threads < 1:
+        from hessian_spectra.errors import InputError
+
+        raise InputError("--threads", f"must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(out=out, reduced=reduced, probes=probes, steps=steps, seed=seed, quiet=quiet,
+                         block_probes=block_probes, block_steps=block_steps)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(*, out: Path, reduced: bool, probes: int, steps: int, seed: int, quiet: bool,
+              block_probes: int | None, block_steps: int | None) -> list[dict]:  # fmt: skip
     import time
 
     import torch
@@ -80,7 +101,8 @@ def run_demo(
                  "mean_js": het["mean_js"], "statistic": het["statistic"], "exact_blocks": exact, "reasons": reasons}
             )  # fmt: skip
         md += ["", f"Rule: {het['verdict_rule']}.", "", *details,
-               f"Total time {time.perf_counter() - started:.0f} s ({'reduced' if reduced else 'full'} budget)."]  # fmt: skip
+               f"Total time {time.perf_counter() - started:.0f} s ({'reduced' if reduced else 'full'} budget, "
+               f"{torch.get_num_threads()} torch thread(s))."]  # fmt: skip
         atomic_write_text(stage / "summary.md", "\n".join(md) + "\n")
     if not quiet:
         console = out_console()
@@ -111,9 +133,15 @@ def demo(
     block_steps: Annotated[int, typer.Option("--block-steps", help="Lanczos steps per block probe.")] = 24,
     seed: Annotated[int, typer.Option("--seed", help="Seed of data, init and probes.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads", help="Torch threads (1: fastest for these tiny models; 0: torch's default)."
+        ),
+    ] = 1,
 ) -> None:
     """Train a small GPT-style transformer and a small CNN on synthetic data; compare their Hessian blocks."""
     run_demo(
         out=out, reduced=reduced, probes=probes, steps=steps, seed=seed, quiet=quiet,
-        block_probes=block_probes, block_steps=block_steps,
+        block_probes=block_probes, block_steps=block_steps, threads=threads or None,
     )  # fmt: skip

@@ -43,6 +43,7 @@ def hessian(
     device_map: o.DeviceMap = None,
     allow_missing: o.AllowMissing = False,
     quiet: o.Quiet = False,
+    resume: o.Resume = False,
 ) -> None:
     """Hessian spectra alone: top/bottom eigenvalues, density and trace, block spectra and heterogeneity."""
     from hessian_spectra.analyses.report.analyze import AnalyzeOptions
@@ -57,4 +58,4 @@ def hessian(
     run_analyze_cmd(factory=model_factory, weights=weights, model_dir=model_dir, data=data, task=task,
                     batch_size=batch_size, seq_len=seq_len, batches=batches, out=out, settings=settings,
                     options=options, quiet=quiet, kind="hessian", device=dev, device_map=dmap,
-                    allow_missing=allow_missing)  # fmt: skip
+                    allow_missing=allow_missing, resume=resume)  # fmt: skip

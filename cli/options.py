@@ -70,6 +70,14 @@ Confidence = Annotated[
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 DeviceMap = Annotated[str | None, typer.Option("--device-map", help=DEVICE_MAP_HELP)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted run into the same --out: finished Hessian phases are loaded from "
+        "OUT/.spectra-resume instead of recomputed (same settings and inputs required).",
+    ),
+]
 EXACT_HELP = (
     "Exact spectra where cheaper: blocks of <= block-probes x block-steps parameters and models of <= probes x "
     "steps parameters from their Hessian columns (--no-exact: estimate everything)."

@@ -284,7 +284,12 @@ def _make_dirs(final: Path) -> list[Path]:
     created = []
     try:
         for folder in reversed(missing):
-            folder.mkdir()
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if folder.is_dir():  # a concurrent run made it first: theirs, not ours to remove
+                    continue
+                raise
             created.append(folder)
     except OSError as exc:
         _remove_created(created)

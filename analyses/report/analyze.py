@@ -83,6 +83,7 @@ def analyze_model(
     kind: str = "analyze",
     inputs: Mapping[str, Any] | None = None,
     clip_source: Any = None,
+    resume: Any = None,
 ) -> Analysis:
     """Run the Hessian probe, heterogeneity, head structure, weights probe and recommendations on
     ``model``; return an :class:`Analysis` (unpacks as ``(document, figures)``; the Adam-mini partition is
@@ -91,7 +92,8 @@ def analyze_model(
     :func:`hessian_spectra.analyses.findings.collect.build_findings`. ``weights_source`` (default: the live model) is what the
     weights probe reads: a checkpoint path or the module itself. The blocks follow ``settings.blocks``
     (Adam-mini blocks via :func:`hessian_spectra.analyses.partitions.blockings.hessian_blocks`). ``kind``: "analyze", or "hessian"
-    for the Hessian part alone (``spectra hessian``). The model is never modified."""
+    for the Hessian part alone (``spectra hessian``). ``resume``: a
+    :class:`~hessian_spectra.curvature.resume.ResumeStore` for the Hessian phases. The model is never modified."""
     from hessian_spectra.analyses.heterogeneity.blocks import spectra_from_hessian
     from hessian_spectra.analyses.heterogeneity.verdict import analyze_heterogeneity
     from hessian_spectra.analyses.partitions.blockings import hessian_blocks
@@ -103,7 +105,7 @@ def analyze_model(
     settings = choice.settings
     hess = run_hessian(
         model, batches, loss, settings, blocks=choice.blocks, block_notes=choice.notes, progress=progress,
-        on_estimate=on_estimate,
+        on_estimate=on_estimate, resume=resume,
     )  # fmt: skip
     het = (
         analyze_heterogeneity(spectra_from_hessian(hess), dtype=hess.dtype, seed=settings.seed)

@@ -5,7 +5,8 @@ parameters gets every eigenvalue from its n columns (:mod:`hessian_spectra.curva
 a model of dim <= probes x steps its whole dense spectrum (:mod:`hessian_spectra.krylov.exact`).
 
 :func:`estimate_cost` says how many HVPs a run will take before any is done; :func:`run_hessian` does
-the work and calls ``progress(done, total, label)`` with HVP counts as it goes.
+the work and calls ``progress(done, total, phase)`` as it goes, counting the steps of each phase
+(:func:`phase_steps`; ``phase`` "done" at the end).
 """
 
 from __future__ import annotations
@@ -17,21 +18,20 @@ from typing import Any
 
 import torch
 from hessian_spectra.curvature.block_builders import head_blocks, layer_blocks, parameter_blocks
-from hessian_spectra.curvature.block_exact import exact_block_spectra
 from hessian_spectra.curvature.block_operators import check_block
 from hessian_spectra.curvature.blocks import AnyBlock, Block
+from hessian_spectra.curvature.probe_blocks import block_spectra
 from hessian_spectra.curvature.probe_cost import (
     CostEstimate,
     _Counted,
     estimate_cost,
-    exact_block_mask,
 )
 from hessian_spectra.errors import InputError
 from hessian_spectra.io import json_safe
 from hessian_spectra.krylov.exact import ExactSpectrum, dense_spectrum
 from hessian_spectra.krylov.lanczos import lanczos
 from hessian_spectra.krylov.result import LanczosResult
-from hessian_spectra.krylov.slq import SLQResult, slq, slq_lockstep
+from hessian_spectra.krylov.slq import SLQResult, slq
 from hessian_spectra.krylov.slq_stats import density_band, uncertainty_fields
 from torch import nn
 
@@ -210,6 +210,13 @@ def _query_head_dims(shapes: dict[str, tuple[int, ...]], n_heads: int) -> dict[s
     return out
 
 
+def phase_steps(cost: CostEstimate) -> dict[str, int]:
+    """Steps per progress phase (upper bounds: Lanczos may stop early): what one step of each costs is
+    alike within a phase, so a phase's ETA can come from its own step times."""
+    return {"exact Hessian": cost.exact_hvps, "Lanczos": cost.lanczos_hvps, "SLQ": cost.slq_hvps,
+            "block SLQ": cost.block_lockstep_calls, "exact blocks": cost.exact_blocks}  # fmt: skip
+
+
 def choose_blocks(operator: Any, settings: HessianSettings) -> list[AnyBlock]:
     """The blocks of the block analysis: whole tensors, Q/K/V projections split per head, or one block
     per layer. Adam-mini blocks need the model's partition (``hessian_spectra.analyses.partitions.blockings``): pass them to
@@ -263,14 +270,18 @@ def run_hessian(
     block_notes: Sequence[str] = (),
     progress: Progress | None = None,
     on_estimate: Callable[[CostEstimate], None] | None = None,
+    resume: Any = None,
 ) -> HessianReport:
     """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see spectra/docs/curvature_operators.md).
 
     ``blocks`` (any :class:`~hessian_spectra.curvature.blocks.Block` / :class:`~hessian_spectra.curvature.blocks.CompositeBlock` list, e.g. the
     Adam-mini blocks of ``hessian_spectra.analyses.partitions.blockings``) replaces the blocks ``settings.blocks`` would choose;
     ``block_notes`` (how they were chosen) go into the report's notes. ``on_estimate(cost)`` is called
-    once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
-    label)`` after every HVP or lockstep block step.
+    once the operator is built and before the first HVP (the CLI prints it); ``resume`` (a
+    :class:`~hessian_spectra.curvature.resume.ResumeStore`) saves each finished phase and, resuming,
+    loads the saved ones instead of computing them; ``progress(done, total,
+    phase)`` after every HVP, lockstep block step or exact block, with ``done``/``total`` counting that
+    phase's steps (:func:`phase_steps`), and once with phase "done" at the end.
     """
     from hessian_spectra.curvature.hessian import HessianOperator
 
@@ -300,29 +311,49 @@ def run_hessian(
     if on_estimate is not None:
         on_estimate(cost)
     done = 0
+    phase_totals = phase_steps(cost)
+    phase_done: dict[str, int] = {}
 
     def tick(label: str) -> None:
         nonlocal done
         done += 1
+        phase_done[label] = phase_done.get(label, 0) + 1
         if progress is not None:
-            progress(done, max(cost.total_hvps, done), label)
+            n = phase_done[label]
+            progress(n, max(phase_totals.get(label, n), n), label)
+
+    def phase(name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, or its saved value when resuming (ticks and operator notes restored too)."""
+        nonlocal done
+        saved = resume.load(name) if resume is not None else None
+        if saved is not None:
+            done += saved["ticks"]
+            op.notes.extend(saved["notes"])
+            return saved["value"]
+        ticks, notes = done, len(op.notes)
+        value = compute()
+        if resume is not None:
+            resume.save(name, {"value": value, "ticks": done - ticks, "notes": op.notes[notes:]})
+        return value
 
     start = time.perf_counter()
     lz = dens = None
     if cost.exact_full:
-        lz = dens = dense_spectrum(_Counted(op, tick, "exact Hessian"), top_k=settings.top_k)
+        lz = dens = phase(
+            "exact_hessian", lambda: dense_spectrum(_Counted(op, tick, "exact Hessian"), top_k=settings.top_k)
+        )
     elif settings.full:
-        lz = lanczos(
+        lz = phase("lanczos", lambda: lanczos(
             _Counted(op, tick, "Lanczos"), settings.top_k, which="both", max_steps=settings.lanczos_steps,
             seed=settings.seed,
-        )  # fmt: skip
-        dens = slq(
+        ))  # fmt: skip
+        dens = phase("slq", lambda: slq(
             _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed
-        )
+        ))  # fmt: skip
     results: list[SLQResult | ExactSpectrum] = []
     backwards = 0
     if blocks:
-        results, backwards = _block_spectra(op, blocks, settings, tick)
+        results, backwards = block_spectra(op, blocks, settings, tick, phase)
         zero = [
             b.name for b, r in zip(blocks, results, strict=True) if r.ritz_max == 0.0 and r.ritz_min == 0.0
         ]
@@ -330,40 +361,12 @@ def run_hessian(
             block_notes = (*block_notes, f"{len(zero)} block(s) have an exactly zero Hessian on these batches "
                            f"(e.g. embedding rows of tokens absent from them): {', '.join(zero[:5])}"
                            + (", ..." if len(zero) > 5 else ""))  # fmt: skip
+    op.notes[:] = list(dict.fromkeys(op.notes))  # a resumed run meets the graph notes again
     seconds = time.perf_counter() - start
     if progress is not None:
-        progress(done, done, "done")
+        progress(0, 0, "done")
     return HessianReport(
         settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
         block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes) + tuple(block_notes),
         weighting=op.weighting, num_block_backwards=backwards, dtype=str(op.dtype).replace("torch.", ""),
     )  # fmt: skip
-
-
-def _block_spectra(
-    op: Any, blocks: Sequence[AnyBlock], settings: HessianSettings, tick: Callable[..., None]
-) -> tuple[list[SLQResult | ExactSpectrum], int]:
-    """Exact spectra for the blocks :func:`exact_block_mask` picks, lockstep block SLQ for the rest (each
-    with the probes it would draw among all blocks); results in block order, and the backward count."""
-    mask = exact_block_mask([b.numel for b in blocks], settings)
-    results: list[SLQResult | ExactSpectrum | None] = [None] * len(blocks)
-    backwards = 0
-    est = [i for i, e in enumerate(mask) if not e]
-    if est:
-        bd = op.block_diagonal([blocks[i] for i in est])
-        out = slq_lockstep(
-            _Counted(bd, tick, "block SLQ"), num_probes=settings.block_probes, steps=settings.block_steps,
-            seed=settings.seed, indices=est,
-        )  # fmt: skip
-        for i, r in zip(est, out, strict=True):
-            results[i] = r
-        backwards += bd.num_block_hvps
-    exact = [i for i, e in enumerate(mask) if e]
-    if exact:
-        spectra, count = exact_block_spectra(
-            op, [blocks[i] for i in exact], progress=lambda n: tick("exact blocks")
-        )
-        for i, r in zip(exact, spectra, strict=True):
-            results[i] = r
-        backwards += count
-    return [r for r in results if r is not None], backwards

@@ -16,11 +16,15 @@ def _run(argv):
 
 
 def test_demo_reduced_end_to_end(tmp_path):
+    import torch
     from hessian_spectra.analyses.report.document import validate_document
 
     out = tmp_path / "demo"
+    threads = torch.get_num_threads()
     code = _run(["demo", "--reduced", "--out", str(out), "--probes", "2", "--steps", "12", "--quiet"])
     assert code in (0, None)
+    assert torch.get_num_threads() == threads  # --threads 1 (the default) is undone afterwards
+    assert "1 torch thread(s)" in (out / "summary.md").read_text()
     docs = {}
     for name in ("gpt", "cnn"):
         for f in ("report.json", "report.md", "report.html"):
@@ -29,6 +33,7 @@ def test_demo_reduced_end_to_end(tmp_path):
         validate_document(docs[name])
         assert docs[name]["demo"]["final_loss"] < docs[name]["demo"]["initial_loss"]
         assert docs[name]["hessian"]["num_hvps"] > 0
+        assert docs[name]["provenance"]["torch_threads"] == 1
     summary = (out / "summary.md").read_text()
     assert "gpt" in summary and "lambda_max spread" not in summary and "exact blocks" in summary
     verdicts = {n: d["heterogeneity"]["verdict"] for n, d in docs.items()}
