@@ -79,6 +79,7 @@ def analyze_model(
     progress: Progress | None = None,
     weights_progress: Progress | None = None,
     on_estimate: Callable[[Any], None] | None = None,
+    on_plan: Callable[[Any], None] | None = None,
     extra: Mapping[str, Any] | None = None,
     kind: str = "analyze",
     inputs: Mapping[str, Any] | None = None,
@@ -103,7 +104,7 @@ def analyze_model(
     settings = choice.settings
     hess = run_hessian(
         model, batches, loss, settings, blocks=choice.blocks, block_notes=choice.notes, progress=progress,
-        on_estimate=on_estimate,
+        on_estimate=on_estimate, on_plan=on_plan,
     )  # fmt: skip
     het = (
         analyze_heterogeneity(spectra_from_hessian(hess), dtype=hess.dtype, seed=settings.seed)

@@ -63,7 +63,10 @@ class HessianSettings:
     ``max_blocks_per_tensor``: cap on the blocks one tensor contributes under ``"adam-mini"`` (None: all);
     ``full``/``block``: which parts to run; ``exact``: compute a block's spectrum exactly from its n
     Hessian columns when n <= ``block_probes`` x ``block_steps`` (cheaper than its SLQ), and the whole
-    model's when its dimension is <= ``probes`` x ``steps`` (replacing Lanczos and SLQ); ``vector_device``:
+    model's when its dimension is <= ``probes`` x ``steps`` (replacing Lanczos and SLQ); ``time_limit``
+    (seconds), ``max_memory`` (bytes), ``budget`` (quick/standard/thorough) and ``plan``: measure unit
+    costs first and fit probes, steps and blocks to them (:mod:`hessian_spectra.curvature.plan`; any of
+    the first three implies ``plan``); ``vector_device``:
     where the flat Krylov vectors live (None: the first parameter's device; "cpu" when a model-parallel
     model's vectors would not fit on its GPU); ``confidence``: the level of every interval in the report
     (traces, spectral masses).
@@ -87,6 +90,18 @@ class HessianSettings:
     mode: str = "auto"
     dtype: str | None = None
     confidence: float = 0.95
+    time_limit: float | None = None
+    max_memory: int | None = None
+    budget: str | None = None
+    plan: bool = False
+    #: False: full and block SLQ keep no Krylov basis (three vectors per chain, no reorthogonalisation,
+    #: as the "Why Transformers Need Adam" code); the plan turns it off when the basis would not fit
+    reorthogonalize: bool = True
+
+    @property
+    def planned(self) -> bool:
+        """Whether the run measures unit costs and makes a plan first."""
+        return bool(self.plan or self.time_limit or self.max_memory or self.budget)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the bad option."""
@@ -110,6 +125,13 @@ class HessianSettings:
             raise InputError("--confidence", f"must be between 0 and 1 (e.g. 0.95), got {self.confidence}")
         if self.dtype not in (None, "float32", "float64"):
             raise InputError("--dtype", f"must be float32 or float64, got {self.dtype!r}")
+        from hessian_spectra.curvature.budget import BUDGETS
+
+        if self.budget is not None and self.budget not in BUDGETS:
+            raise InputError("--budget", f"unknown budget {self.budget!r}; use one of {', '.join(BUDGETS)}")
+        for key in ("time_limit", "max_memory"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise InputError(f"--{key.replace('_', '-')}", f"must be positive, got {getattr(self, key)}")
         if not (self.full or self.block):
             raise InputError(None, "nothing to do: both the full-model and the block analysis are off")
 
@@ -135,6 +157,10 @@ class HessianReport:
     num_block_backwards: int = 0
     #: the dtype the HVPs ran in (flat blocks are judged against its rounding)
     dtype: str = ""
+    #: the plan made before the work (:class:`hessian_spectra.curvature.plan.Plan`) and what the run
+    #: actually did per phase (:class:`hessian_spectra.curvature.plan_meter.PhaseActual`), when planned
+    plan: Any = None
+    actual: tuple[Any, ...] = ()
 
     def block_summary(self) -> list[dict[str, Any]]:
         """Per block: name, parameter (None for a block of several parameters; ``params`` lists them),
@@ -184,6 +210,8 @@ class HessianReport:
                 "seconds": self.seconds,
                 "weighting": self.weighting,
                 "notes": list(self.notes),
+                "plan": None if self.plan is None else self.plan.to_dict(),
+                "actual": _actual_dict(self.actual),
                 "lanczos": None if self.lanczos is None else self.lanczos.to_dict(),
                 "density": density,
                 "blocks": [
@@ -192,6 +220,15 @@ class HessianReport:
                 ],
             }
         )
+
+
+def _actual_dict(phases: Sequence[Any]) -> dict[str, Any] | None:
+    """Totals and per-phase work of a planned run, in the plan's units."""
+    if not phases:
+        return None
+    keys = ("seconds", "hvps", "block_backwards", "gradients", "forwards")
+    totals = {k: sum(getattr(p, k) for p in phases) for k in keys}
+    return {**totals, "peak_bytes": max(p.peak_bytes for p in phases), "phases": [p.to_dict() for p in phases]}
 
 
 def _module_of(name: str) -> str:
@@ -263,6 +300,7 @@ def run_hessian(
     block_notes: Sequence[str] = (),
     progress: Progress | None = None,
     on_estimate: Callable[[CostEstimate], None] | None = None,
+    on_plan: Callable[[Any], None] | None = None,
 ) -> HessianReport:
     """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see spectra/docs/curvature_operators.md).
 
@@ -270,7 +308,8 @@ def run_hessian(
     Adam-mini blocks of ``hessian_spectra.analyses.partitions.blockings``) replaces the blocks ``settings.blocks`` would choose;
     ``block_notes`` (how they were chosen) go into the report's notes. ``on_estimate(cost)`` is called
     once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
-    label)`` after every HVP or lockstep block step.
+    label)`` after every HVP or lockstep block step. When ``settings.planned`` the unit costs are
+    measured first, probes/steps/blocks fitted to the budget, and ``on_plan(plan)`` called before the work.
     """
     from hessian_spectra.curvature.hessian import HessianOperator
 
@@ -296,6 +335,14 @@ def run_hessian(
             raise InputError("--blocks", "an empty block list was given")
         for b in blocks:
             check_block(b, op.param_shapes)
+    meter = plan = None
+    if settings.planned:
+        from hessian_spectra.curvature.plan import plan_run
+
+        meter, settings, blocks, plan = plan_run(op, blocks, settings)
+        if on_plan is not None:
+            on_plan(plan)
+    begin = meter.begin if meter is not None else (lambda name: None)
     cost = estimate_cost(op.dim, len(op.batches), [b.numel for b in blocks], settings)
     if on_estimate is not None:
         on_estimate(cost)
@@ -304,25 +351,31 @@ def run_hessian(
     def tick(label: str) -> None:
         nonlocal done
         done += 1
+        if meter is not None:
+            meter.tick(label)
         if progress is not None:
             progress(done, max(cost.total_hvps, done), label)
 
     start = time.perf_counter()
     lz = dens = None
     if cost.exact_full:
+        begin("exact Hessian")
         lz = dens = dense_spectrum(_Counted(op, tick, "exact Hessian"), top_k=settings.top_k)
     elif settings.full:
+        begin("Lanczos")
         lz = lanczos(
             _Counted(op, tick, "Lanczos"), settings.top_k, which="both", max_steps=settings.lanczos_steps,
             seed=settings.seed,
         )  # fmt: skip
+        begin("SLQ")
         dens = slq(
-            _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed
+            _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed,
+            reorthogonalize=settings.reorthogonalize,
         )
     results: list[SLQResult | ExactSpectrum] = []
     backwards = 0
     if blocks:
-        results, backwards = _block_spectra(op, blocks, settings, tick)
+        results, backwards = _block_spectra(op, blocks, settings, tick, meter)
         zero = [
             b.name for b, r in zip(blocks, results, strict=True) if r.ritz_max == 0.0 and r.ritz_min == 0.0
         ]
@@ -331,17 +384,19 @@ def run_hessian(
                            f"(e.g. embedding rows of tokens absent from them): {', '.join(zero[:5])}"
                            + (", ..." if len(zero) > 5 else ""))  # fmt: skip
     seconds = time.perf_counter() - start
+    actual = tuple(meter.finish()) if meter is not None else ()
     if progress is not None:
         progress(done, done, "done")
     return HessianReport(
         settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
         block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes) + tuple(block_notes),
         weighting=op.weighting, num_block_backwards=backwards, dtype=str(op.dtype).replace("torch.", ""),
+        plan=plan, actual=actual,
     )  # fmt: skip
 
 
 def _block_spectra(
-    op: Any, blocks: Sequence[AnyBlock], settings: HessianSettings, tick: Callable[..., None]
+    op: Any, blocks: Sequence[AnyBlock], settings: HessianSettings, tick: Callable[..., None], meter: Any = None
 ) -> tuple[list[SLQResult | ExactSpectrum], int]:
     """Exact spectra for the blocks :func:`exact_block_mask` picks, lockstep block SLQ for the rest (each
     with the probes it would draw among all blocks); results in block order, and the backward count."""
@@ -350,20 +405,28 @@ def _block_spectra(
     backwards = 0
     est = [i for i, e in enumerate(mask) if not e]
     if est:
+        if meter is not None:
+            meter.begin("block SLQ")
         bd = op.block_diagonal([blocks[i] for i in est])
         out = slq_lockstep(
             _Counted(bd, tick, "block SLQ"), num_probes=settings.block_probes, steps=settings.block_steps,
-            seed=settings.seed, indices=est,
+            seed=settings.seed, indices=est, reorthogonalize=settings.reorthogonalize,
         )  # fmt: skip
         for i, r in zip(est, out, strict=True):
             results[i] = r
         backwards += bd.num_block_hvps
+        if meter is not None:
+            meter.add_block_backwards(bd.num_block_hvps)
     exact = [i for i, e in enumerate(mask) if e]
     if exact:
+        if meter is not None:
+            meter.begin("exact blocks")
         spectra, count = exact_block_spectra(
             op, [blocks[i] for i in exact], progress=lambda n: tick("exact blocks")
         )
         for i, r in zip(exact, spectra, strict=True):
             results[i] = r
         backwards += count
+        if meter is not None:
+            meter.add_block_backwards(count)
     return [r for r in results if r is not None], backwards

@@ -1,0 +1,366 @@
+"""The plan of a Hessian run in seconds and bytes, made before the work from measured unit costs.
+
+:func:`measure_units` times one gradient (the first-order graphs, kept for the HVPs that follow), one
+HVP and one pruned block backward on a few blocks spread over the list, on the real batches, and reads
+the memory high-water mark meanwhile. :func:`phase_costs` turns the HVP counts of
+:func:`~hessian_spectra.curvature.probe_cost.estimate_cost` into per-phase counts (HVPs, block
+backwards, gradients, forward passes), seconds and peak bytes (measured work + Krylov basis);
+:func:`fit_plan` picks probes, steps and, for big models, which blocks (evenly over depth within every
+group) so the plan fits ``time_limit``/``max_memory``, or refuses. Design notes: spectra/docs/plan.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from hessian_spectra.curvature.budget import MIN_LANCZOS_STEPS, MIN_PROBES, MIN_STEPS, apply_budget
+from hessian_spectra.curvature.budget import format_bytes as fb
+from hessian_spectra.curvature.budget import format_seconds as fs
+from hessian_spectra.curvature.plan_meter import PeakMemory, PhaseMeter
+from hessian_spectra.curvature.probe_cost import estimate_cost
+from hessian_spectra.errors import InputError
+from hessian_spectra.krylov.lanczos import default_max_steps
+from hessian_spectra.krylov.slq import slq, slq_lockstep
+
+__all__ = [
+    "Plan", "PhaseCost", "UnitCosts", "fit_plan", "measure_units", "phase_costs", "plan_run", "spread_blocks",
+]
+
+_ROWS = 16  # the Krylov basis grows in chunks of this many rows (hessian_spectra.krylov.chain)
+#: Fraction of the time left after measuring that the phases may plan to use (ETA noise, report writing).
+TIME_MARGIN = 0.85
+#: Blocks timed by :func:`measure_units` (spread over the block list).
+SAMPLE_BLOCKS = 4
+
+
+@dataclass(frozen=True)
+class UnitCosts:
+    """Measured unit costs of one run (seconds over all batches) and its memory (bytes).
+
+    ``gradient_s``: loss + first-order gradient of every batch (in "reuse" mode this builds the graphs
+    every later HVP reuses); ``hvp_s``: one full HVP; ``block_backward_s``: one pruned block backward,
+    mean over the sampled blocks; ``exact_column_s``: one exact-block column (batched backwards), 0 when
+    no block is exact. ``baseline_bytes``: memory before the work (model, data, libraries);
+    ``work_bytes``: peak above it while measuring (kept graphs + one HVP's transient)."""
+
+    mode: str
+    dim: int
+    num_batches: int
+    gradient_s: float
+    hvp_s: float
+    block_backward_s: float
+    exact_column_s: float
+    measure_s: float
+    model_bytes: int
+    graph_bytes: int
+    vector_bytes: int
+    baseline_bytes: int
+    work_bytes: int
+    memory_source: str
+    measure_hvps: int = 0
+    measure_block_backwards: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PhaseCost:
+    """One planned phase: work counts, seconds and peak bytes (whole process; ``basis_bytes`` of it)."""
+
+    name: str
+    hvps: int
+    block_backwards: int
+    gradients: int
+    forwards: int
+    seconds: float
+    peak_bytes: int
+    basis_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The plan: unit costs, phases, the settings and blocks chosen and why (``notes``)."""
+
+    units: UnitCosts
+    phases: tuple[PhaseCost, ...]
+    settings: dict[str, Any]
+    blocks_total: int
+    blocks_kept: tuple[str, ...]
+    time_limit: float | None = None
+    max_memory: int | None = None
+    budget: str | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def seconds(self) -> float:
+        """Planned wall time: measuring plus every phase."""
+        return self.units.measure_s + sum(p.seconds for p in self.phases)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max([self.units.baseline_bytes + self.units.work_bytes] + [p.peak_bytes for p in self.phases])
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(seconds=self.seconds, peak_bytes=self.peak_bytes, units=self.units.to_dict())
+        d["phases"] = [p.to_dict() for p in self.phases]
+        return d
+
+    def table(self) -> str:
+        """The plan as a few lines of text (the CLI prints it on stderr before the run)."""
+        u = self.units
+        head = (
+            f"plan: {fs(self.seconds)}, peak {fb(self.peak_bytes)} (model {fb(u.model_bytes)}, graphs "
+            f"{fb(u.graph_bytes)}, baseline {fb(u.baseline_bytes)}); measured gradient {fs(u.gradient_s)}, "
+            f"HVP {fs(u.hvp_s)}, block backward {fs(u.block_backward_s)} ({u.mode} mode, {u.num_batches} batch(es))"
+        )
+        rows = [f"  {'phase':<14}{'HVPs':>7}{'blk bwd':>9}{'grads':>7}{'fwds':>7}{'time':>10}{'peak':>11}{'basis':>11}"]
+        for p in self.phases:
+            rows.append(
+                f"  {p.name:<14}{p.hvps:>7}{p.block_backwards:>9}{p.gradients:>7}{p.forwards:>7}"
+                f"{fs(p.seconds):>10}{fb(p.peak_bytes):>11}{fb(p.basis_bytes):>11}"
+            )
+        return "\n".join([head, *rows, *(f"  note: {n}" for n in self.notes)])
+
+
+def _warm_time(fn: Any, min_total: float = 1.0, reps: int = 3) -> float:
+    """Seconds of one warm call: ``fn`` is repeated (at most ``reps`` times, while the calls so far took
+    under ``min_total`` s) and the fastest call after the first (cold: allocations, autograd set-up) is
+    taken; a single slow call stands alone."""
+    times: list[float] = []
+    while len(times) < reps and (not times or sum(times) < min_total):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times[1:]) if len(times) > 1 else times[0]
+
+
+def _chunked(rows: int) -> int:
+    return math.ceil(rows / _ROWS) * _ROWS
+
+
+def measure_units(
+    op: Any, blocks: Sequence[Any], memory: PeakMemory, *, seed: int = 0, exact_limit: int = 0
+) -> UnitCosts:
+    """Time one gradient, one HVP and one pruned backward on up to :data:`SAMPLE_BLOCKS` blocks (and one
+    exact-block column batch when some block is exact); the graphs built stay for the run."""
+    from hessian_spectra.curvature.block_exact import block_matrices
+
+    memory.reset()
+    base = memory.current()
+    t0 = time.perf_counter()
+    op.gradient()
+    t1 = time.perf_counter()
+    h0 = op.num_matvecs
+    steps = min(3, int(op.dim))  # Krylov steps as the run takes them: HVP + chain bookkeeping
+    hvp = _warm_time(lambda: slq(op, num_probes=1, steps=steps, seed=seed, reorthogonalize=False)) / steps
+    t2 = time.perf_counter()
+    bb, backs, hvps = 0.0, 0, op.num_matvecs - h0
+    if blocks:
+        idx = sorted({round(i * (len(blocks) - 1) / max(1, SAMPLE_BLOCKS - 1)) for i in range(SAMPLE_BLOCKS)})
+        sample = [blocks[i] for i in idx]
+        bd = op.block_diagonal(sample)
+        m = min(2, min(bd.dims))
+        step = _warm_time(lambda: slq_lockstep(bd, num_probes=1, steps=m, seed=seed, reorthogonalize=False)) / m
+        bb = max(step - (t1 - t0 if op.mode != "reuse" else 0.0), 0.0) / len(sample)
+        backs = bd.num_block_hvps
+    col = 0.0
+    small = sorted((b for b in blocks if b.numel <= exact_limit), key=lambda b: b.numel)
+    if small:
+        b = small[len(small) // 2]
+        t4 = time.perf_counter()
+        block_matrices(op, [b])
+        col = (time.perf_counter() - t4) / b.numel
+    item = torch.empty(0, dtype=op.dtype).element_size()
+    model = sum(p.numel() * p.element_size() for p in op._leaves)
+    graphs = int(op._estimated_total_bytes()) if op.mode == "reuse" else int(op.graph_bytes or 0)
+    return UnitCosts(
+        mode=op.mode, dim=int(op.dim), num_batches=len(op._active), gradient_s=t1 - t0, hvp_s=hvp,
+        block_backward_s=bb, exact_column_s=col, measure_s=time.perf_counter() - t0, model_bytes=model,
+        graph_bytes=graphs, vector_bytes=int(op.dim) * max(item, 4), baseline_bytes=base,
+        work_bytes=max(0, memory.peak() - base), memory_source=memory.source, measure_hvps=hvps,
+        measure_block_backwards=backs,
+    )  # fmt: skip
+
+
+def phase_costs(units: UnitCosts, settings: Any, block_dims: Sequence[int], chunk: Any = None) -> list[PhaseCost]:
+    """Per phase: counts, seconds and peak bytes of a run with these settings and block sizes.
+
+    Upper bounds (Lanczos may stop early). In "reuse" mode graphs are built once (while measuring);
+    otherwise every full HVP and every lockstep block step rebuilds each batch's graph.
+    ``chunk(n)``: columns per vectorised backward of an n-column exact block (default: all)."""
+    cost = estimate_cost(units.dim, units.num_batches, block_dims, settings)
+    u, nb = units, units.num_batches
+    rebuild = u.mode != "reuse"
+    base = u.baseline_bytes + u.work_bytes
+    vec = u.vector_bytes
+    out: list[PhaseCost] = []
+
+    def add(name: str, hvps: int, backs: int, builds: int, seconds: float, basis: int) -> None:
+        out.append(PhaseCost(name, hvps, backs, builds * nb, builds * nb, seconds, base + basis + 3 * vec, basis))
+
+    if cost.exact_full:
+        d = u.dim
+        add("exact Hessian", d, 0, 0, d * u.hvp_s, d * d * (vec // max(d, 1) + 8))
+    elif settings.full:
+        add("Lanczos", cost.lanczos_hvps, 0, cost.lanczos_hvps if rebuild else 0, cost.lanczos_hvps * u.hvp_s,
+            _chunked(cost.lanczos_hvps + 1) * vec)  # fmt: skip
+        m = min(settings.steps, u.dim)
+        rows = _chunked(m + 1) if settings.reorthogonalize else 3
+        add("SLQ", cost.slq_hvps, 0, cost.slq_hvps if rebuild else 0, cost.slq_hvps * u.hvp_s, rows * vec)
+    mask_dims = [d for d in block_dims]
+    if cost.block_lockstep_calls:
+        from hessian_spectra.curvature.probe_cost import exact_block_mask
+
+        mask = exact_block_mask(mask_dims, settings)
+        item = vec // max(u.dim, 1)
+        basis = sum(
+            (_chunked(min(settings.block_steps, d) + 1) if settings.reorthogonalize else 3) * d * item
+            for d, e in zip(mask_dims, mask, strict=True)
+            if not e
+        )
+        backs = cost.block_backwards * nb
+        builds = cost.block_lockstep_calls if rebuild else 0
+        add("block SLQ", 0, backs, builds, backs / nb * u.block_backward_s + builds * u.gradient_s, basis)
+    if cost.exact_blocks:
+        from hessian_spectra.curvature.probe_cost import exact_block_mask
+
+        mask = exact_block_mask(mask_dims, settings)
+        dims = [d for d, e in zip(mask_dims, mask) if e]
+        item = vec // max(u.dim, 1)
+        vbacks = sum(math.ceil(d / max(1, chunk(d) if chunk else d)) for d in dims) * nb
+        mats = min(sum(d * d * item for d in dims), 256 * 2**20) + max(d * d * 8 for d in dims)
+        add("exact blocks", 0, vbacks, 1 if rebuild else 0, cost.exact_columns * u.exact_column_s, mats)
+    return out
+
+
+def spread_blocks(blocks: Sequence[Any], per_group: int) -> list[Any]:
+    """At most ``per_group`` blocks of every group (the role of the block's tensor: q, k, v, mlp, norm,
+    embedding, ...), evenly spaced over depth within the group; block order kept."""
+    keep: set[int] = set()
+    for idx in _group_sizes(blocks).values():
+        n, k = len(idx), min(per_group, len(idx))
+        keep.update(idx[round(j * (n - 1) / (k - 1))] if k > 1 else idx[(n - 1) // 2] for j in range(k))
+    return [b for i, b in enumerate(blocks) if i in keep]
+
+
+def _levels(settings: Any, dim: int) -> list[Any]:
+    """Settings from the requested ones down to the smallest useful plan (probes and steps shrink
+    together; Lanczos steps with the square root of the factor)."""
+    lz0 = int(settings.lanczos_steps or default_max_steps(dim, settings.top_k))
+    out, seen = [], set()
+    for f in (1.0, 0.8, 0.64, 0.5, 0.4, 0.3, 0.2, 0.12, 0.06, 0.0):
+        s = replace(
+            settings,
+            probes=min(settings.probes, max(MIN_PROBES, round(settings.probes * f))),
+            steps=min(settings.steps, max(MIN_STEPS, round(settings.steps * f))),
+            block_probes=min(settings.block_probes, max(MIN_PROBES, round(settings.block_probes * f))),
+            block_steps=min(settings.block_steps, max(MIN_STEPS, round(settings.block_steps * f))),
+            lanczos_steps=min(lz0, max(MIN_LANCZOS_STEPS, round(lz0 * math.sqrt(f)))) if f < 1 else settings.lanczos_steps,
+        )  # fmt: skip
+        key = (s.probes, s.steps, s.block_probes, s.block_steps, s.lanczos_steps)
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+def fit_plan(units: UnitCosts, settings: Any, blocks: Sequence[Any], chunk: Any = None) -> tuple[Any, list[Any], Plan]:
+    """The largest settings (and, when needed, an even subset of blocks) whose plan fits the settings'
+    ``time_limit`` (seconds) and ``max_memory`` (bytes); :class:`InputError` naming the flag when even
+    the smallest useful plan does not fit."""
+    settings = apply_budget(settings)
+    limit, mem = settings.time_limit, settings.max_memory
+    avail = None if limit is None else max(0.0, (limit - units.measure_s) * TIME_MARGIN)
+
+    def fits(phases: list[PhaseCost]) -> bool:
+        t_ok = avail is None or sum(p.seconds for p in phases) <= avail
+        m_ok = mem is None or max([units.baseline_bytes + units.work_bytes] + [p.peak_bytes for p in phases]) <= mem
+        return t_ok and m_ok
+
+    notes: list[str] = []
+    levels = _levels(settings, units.dim) if (limit or mem) else [settings]
+    if mem:  # each level with the Krylov basis kept, then without (SLQ without reorthogonalisation)
+        levels = [x for s in levels for x in (s, replace(s, reorthogonalize=False))]
+    chosen, kept = None, list(blocks)
+    for s in levels:
+        if fits(phase_costs(units, s, [b.numel for b in kept], chunk)):
+            chosen = s
+            break
+    if chosen is None and len(blocks) > 1:
+        s = levels[-1]
+        most = max(len(v) for v in _group_sizes(blocks).values())
+        for k in range(most - 1, 0, -1):
+            sub = spread_blocks(blocks, k)
+            if fits(phase_costs(units, s, [b.numel for b in sub], chunk)):
+                chosen, kept = s, sub
+                break
+        if chosen is not None:
+            notes.append(
+                f"{len(kept)} of {len(blocks)} blocks analysed to fit the budget: at most {k} per group "
+                "(q, k, v, attention output, MLP, norm, embedding, ...), evenly spaced over depth"
+            )
+    if chosen is None:
+        smallest = phase_costs(units, levels[-1], [b.numel for b in spread_blocks(blocks, 1)], chunk)
+        t = units.measure_s + sum(p.seconds for p in smallest)
+        peak = max([units.baseline_bytes + units.work_bytes] + [p.peak_bytes for p in smallest])
+        over_t = avail is not None and sum(p.seconds for p in smallest) > avail
+        flag = "--time-limit" if over_t else "--max-memory"
+        what = (f"about {fs(t)} > {fs(limit)}" if over_t else f"about {fb(peak)} > {fb(mem)}")
+        raise InputError(
+            flag, f"even the smallest useful plan ({MIN_PROBES} probes x {MIN_STEPS} steps, one block per group) "
+            f"needs {what} (one HVP takes {fs(units.hvp_s)}); allow more or use fewer/smaller --batches",
+        )  # fmt: skip
+    if not chosen.reorthogonalize and settings.reorthogonalize:
+        notes.append("SLQ without reorthogonalisation (no stored Krylov basis) to fit --max-memory")
+    if chosen is not settings and (limit or mem):
+        notes.append(
+            f"budget chose probes {chosen.probes} x steps {chosen.steps} (full), {chosen.block_probes} x "
+            f"{chosen.block_steps} (blocks), Lanczos <= {chosen.lanczos_steps or 'default'} steps"
+        )
+    phases = phase_costs(units, chosen, [b.numel for b in kept], chunk)
+    chosen_d = {k: getattr(chosen, k) for k in ("probes", "steps", "block_probes", "block_steps", "lanczos_steps", "top_k")}
+    plan = Plan(
+        units=units, phases=tuple(phases), settings=chosen_d, blocks_total=len(blocks),
+        blocks_kept=tuple(b.name for b in kept), time_limit=limit, max_memory=mem, budget=settings.budget,
+        notes=tuple(notes),
+    )  # fmt: skip
+    return chosen, kept, plan
+
+
+def _group_sizes(blocks: Sequence[Any]) -> dict[str, list[int]]:
+    """Block indices by the role of their (first) tensor."""
+    from hessian_spectra.weights.roles import tensor_role
+
+    groups: dict[str, list[int]] = {}
+    for i, b in enumerate(blocks):
+        groups.setdefault(tensor_role(b.params[0]), []).append(i)
+    return groups
+
+
+def plan_run(op: Any, blocks: Sequence[Any], settings: Any) -> tuple[PhaseMeter, Any, list[Any], Plan]:
+    """Measure unit costs on ``op`` (its graphs stay for the run), fit the plan, and return the meter
+    (already timing: its first phase is "measure"), the chosen settings and blocks, and the plan."""
+    memory = PeakMemory(op.device)
+    meter = PhaseMeter(memory)
+    meter.attach(op)
+    meter.begin("measure")
+    try:
+        exact = settings.block_probes * settings.block_steps if settings.exact else 0
+        units = measure_units(op, blocks, memory, seed=settings.seed, exact_limit=exact)
+        meter.phases[-1].hvps = units.measure_hvps
+        meter.add_block_backwards(units.measure_block_backwards)
+        chosen, kept, plan = fit_plan(units, settings, blocks, chunk=op._chunk)
+    except BaseException:
+        meter.finish()
+        raise
+    return meter, chosen, kept, plan
