@@ -20,7 +20,28 @@ import time
 from pathlib import Path
 
 PAIRS = Path(__file__).parent / "data" / "minilm_pairs.jsonl"
-WORDS = "the cat sat on a mat and dog ran to big red house small blue car over under near far".split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "and",
+    "dog",
+    "ran",
+    "to",
+    "big",
+    "red",
+    "house",
+    "small",
+    "blue",
+    "car",
+    "over",
+    "under",
+    "near",
+    "far",
+]
 
 
 def minilm() -> Path:

@@ -89,7 +89,9 @@ Budget = Annotated[
 ]
 MaxMemory = Annotated[
     str | None,
-    typer.Option("--max-memory", help="Peak memory budget of the run (4GiB, 512MiB): fewer Lanczos steps to fit."),
+    typer.Option(
+        "--max-memory", help="Peak memory budget of the run (4GiB, 512MiB): fewer Lanczos steps to fit."
+    ),
 ]
 
 

@@ -18,17 +18,25 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
+from hessian_spectra.curvature.block_exact import MAX_EXACT_BYTES, block_matrices
 from hessian_spectra.curvature.budget import MIN_LANCZOS_STEPS, MIN_PROBES, MIN_STEPS, apply_budget
 from hessian_spectra.curvature.budget import format_bytes as fb
 from hessian_spectra.curvature.budget import format_seconds as fs
 from hessian_spectra.curvature.plan_meter import PeakMemory, PhaseMeter
-from hessian_spectra.curvature.probe_cost import estimate_cost
+from hessian_spectra.curvature.probe_cost import estimate_cost, exact_block_mask
 from hessian_spectra.errors import InputError
 from hessian_spectra.krylov.lanczos import default_max_steps
 from hessian_spectra.krylov.slq import slq, slq_lockstep
 
 __all__ = [
-    "Plan", "PhaseCost", "UnitCosts", "fit_plan", "measure_units", "phase_costs", "plan_run", "spread_blocks",
+    "Plan",
+    "PhaseCost",
+    "UnitCosts",
+    "fit_plan",
+    "measure_units",
+    "phase_costs",
+    "plan_run",
+    "spread_blocks",
 ]
 
 _ROWS = 16  # the Krylov basis grows in chunks of this many rows (hessian_spectra.krylov.chain)
@@ -123,7 +131,9 @@ class Plan:
             f"{fb(u.graph_bytes)}, baseline {fb(u.baseline_bytes)}); measured gradient {fs(u.gradient_s)}, "
             f"HVP {fs(u.hvp_s)}, block backward {fs(u.block_backward_s)} ({u.mode} mode, {u.num_batches} batch(es))"
         )
-        rows = [f"  {'phase':<14}{'HVPs':>7}{'blk bwd':>9}{'grads':>7}{'fwds':>7}{'time':>10}{'peak':>11}{'basis':>11}"]
+        rows = [
+            f"  {'phase':<14}{'HVPs':>7}{'blk bwd':>9}{'grads':>7}{'fwds':>7}{'time':>10}{'peak':>11}{'basis':>11}"
+        ]
         for p in self.phases:
             rows.append(
                 f"  {p.name:<14}{p.hvps:>7}{p.block_backwards:>9}{p.gradients:>7}{p.forwards:>7}"
@@ -153,8 +163,6 @@ def measure_units(
 ) -> UnitCosts:
     """Time one gradient, one HVP and one pruned backward on up to :data:`SAMPLE_BLOCKS` blocks (and one
     exact-block column batch when some block is exact); the graphs built stay for the run."""
-    from hessian_spectra.curvature.block_exact import block_matrices
-
     memory.reset()
     base = memory.current()
     t0 = time.perf_counter()
@@ -163,14 +171,15 @@ def measure_units(
     h0 = op.num_matvecs
     steps = min(3, int(op.dim))  # Krylov steps as the run takes them: HVP + chain bookkeeping
     hvp = _warm_time(lambda: slq(op, num_probes=1, steps=steps, seed=seed, reorthogonalize=False)) / steps
-    t2 = time.perf_counter()
     bb, backs, hvps = 0.0, 0, op.num_matvecs - h0
     if blocks:
         idx = sorted({round(i * (len(blocks) - 1) / max(1, SAMPLE_BLOCKS - 1)) for i in range(SAMPLE_BLOCKS)})
         sample = [blocks[i] for i in idx]
         bd = op.block_diagonal(sample)
         m = min(2, min(bd.dims))
-        step = _warm_time(lambda: slq_lockstep(bd, num_probes=1, steps=m, seed=seed, reorthogonalize=False)) / m
+        step = (
+            _warm_time(lambda: slq_lockstep(bd, num_probes=1, steps=m, seed=seed, reorthogonalize=False)) / m
+        )
         bb = max(step - (t1 - t0 if op.mode != "reuse" else 0.0), 0.0) / len(sample)
         backs = bd.num_block_hvps
     col = 0.0
@@ -192,7 +201,9 @@ def measure_units(
     )  # fmt: skip
 
 
-def phase_costs(units: UnitCosts, settings: Any, block_dims: Sequence[int], chunk: Any = None) -> list[PhaseCost]:
+def phase_costs(
+    units: UnitCosts, settings: Any, block_dims: Sequence[int], chunk: Any = None
+) -> list[PhaseCost]:
     """Per phase: counts, seconds and peak bytes of a run with these settings and block sizes.
 
     Upper bounds (Lanczos may stop early). In "reuse" mode graphs are built once (while measuring);
@@ -206,7 +217,9 @@ def phase_costs(units: UnitCosts, settings: Any, block_dims: Sequence[int], chun
     out: list[PhaseCost] = []
 
     def add(name: str, hvps: int, backs: int, builds: int, seconds: float, basis: int) -> None:
-        out.append(PhaseCost(name, hvps, backs, builds * nb, builds * nb, seconds, base + basis + 3 * vec, basis))
+        out.append(
+            PhaseCost(name, hvps, backs, builds * nb, builds * nb, seconds, base + basis + 3 * vec, basis)
+        )
 
     if cost.exact_full:
         d = u.dim
@@ -217,28 +230,22 @@ def phase_costs(units: UnitCosts, settings: Any, block_dims: Sequence[int], chun
         m = min(settings.steps, u.dim)
         rows = _chunked(m + 1) if settings.reorthogonalize else 3
         add("SLQ", cost.slq_hvps, 0, cost.slq_hvps if rebuild else 0, cost.slq_hvps * u.hvp_s, rows * vec)
-    mask_dims = [d for d in block_dims]
+    mask = exact_block_mask(block_dims, settings)
+    item = vec // max(u.dim, 1)
     if cost.block_lockstep_calls:
-        from hessian_spectra.curvature.probe_cost import exact_block_mask
-
-        mask = exact_block_mask(mask_dims, settings)
-        item = vec // max(u.dim, 1)
-        basis = sum(
-            (_chunked(min(settings.block_steps, d) + 1) if settings.reorthogonalize else 3) * d * item
-            for d, e in zip(mask_dims, mask, strict=True)
-            if not e
+        rows = (
+            (lambda d: _chunked(min(settings.block_steps, d) + 1))
+            if settings.reorthogonalize
+            else (lambda d: 3)
         )
+        basis = sum(rows(d) * d * item for d, e in zip(block_dims, mask, strict=True) if not e)
         backs = cost.block_backwards * nb
         builds = cost.block_lockstep_calls if rebuild else 0
         add("block SLQ", 0, backs, builds, backs / nb * u.block_backward_s + builds * u.gradient_s, basis)
     if cost.exact_blocks:
-        from hessian_spectra.curvature.probe_cost import exact_block_mask
-
-        mask = exact_block_mask(mask_dims, settings)
-        dims = [d for d, e in zip(mask_dims, mask) if e]
-        item = vec // max(u.dim, 1)
+        dims = [d for d, e in zip(block_dims, mask, strict=True) if e]
         vbacks = sum(math.ceil(d / max(1, chunk(d) if chunk else d)) for d in dims) * nb
-        mats = min(sum(d * d * item for d in dims), 256 * 2**20) + max(d * d * 8 for d in dims)
+        mats = min(sum(d * d * item for d in dims), MAX_EXACT_BYTES) + max(d * d * 8 for d in dims)
         add("exact blocks", 0, vbacks, 1 if rebuild else 0, cost.exact_columns * u.exact_column_s, mats)
     return out
 
@@ -274,7 +281,9 @@ def _levels(settings: Any, dim: int) -> list[Any]:
     return out
 
 
-def fit_plan(units: UnitCosts, settings: Any, blocks: Sequence[Any], chunk: Any = None) -> tuple[Any, list[Any], Plan]:
+def fit_plan(
+    units: UnitCosts, settings: Any, blocks: Sequence[Any], chunk: Any = None
+) -> tuple[Any, list[Any], Plan]:
     """The largest settings (and, when needed, an even subset of blocks) whose plan fits the settings'
     ``time_limit`` (seconds) and ``max_memory`` (bytes); :class:`InputError` naming the flag when even
     the smallest useful plan does not fit."""
@@ -284,7 +293,10 @@ def fit_plan(units: UnitCosts, settings: Any, blocks: Sequence[Any], chunk: Any 
 
     def fits(phases: list[PhaseCost]) -> bool:
         t_ok = avail is None or sum(p.seconds for p in phases) <= avail
-        m_ok = mem is None or max([units.baseline_bytes + units.work_bytes] + [p.peak_bytes for p in phases]) <= mem
+        m_ok = (
+            mem is None
+            or max([units.baseline_bytes + units.work_bytes] + [p.peak_bytes for p in phases]) <= mem
+        )
         return t_ok and m_ok
 
     notes: list[str] = []
@@ -315,7 +327,7 @@ def fit_plan(units: UnitCosts, settings: Any, blocks: Sequence[Any], chunk: Any 
         peak = max([units.baseline_bytes + units.work_bytes] + [p.peak_bytes for p in smallest])
         over_t = avail is not None and sum(p.seconds for p in smallest) > avail
         flag = "--time-limit" if over_t else "--max-memory"
-        what = (f"about {fs(t)} > {fs(limit)}" if over_t else f"about {fb(peak)} > {fb(mem)}")
+        what = f"about {fs(t)} > {fs(limit)}" if over_t else f"about {fb(peak)} > {fb(mem)}"
         raise InputError(
             flag, f"even the smallest useful plan ({MIN_PROBES} probes x {MIN_STEPS} steps, one block per group) "
             f"needs {what} (one HVP takes {fs(units.hvp_s)}); allow more or use fewer/smaller --batches",
@@ -328,7 +340,10 @@ def fit_plan(units: UnitCosts, settings: Any, blocks: Sequence[Any], chunk: Any 
             f"{chosen.block_steps} (blocks), Lanczos <= {chosen.lanczos_steps or 'default'} steps"
         )
     phases = phase_costs(units, chosen, [b.numel for b in kept], chunk)
-    chosen_d = {k: getattr(chosen, k) for k in ("probes", "steps", "block_probes", "block_steps", "lanczos_steps", "top_k")}
+    chosen_d = {
+        k: getattr(chosen, k)
+        for k in ("probes", "steps", "block_probes", "block_steps", "lanczos_steps", "top_k")
+    }
     plan = Plan(
         units=units, phases=tuple(phases), settings=chosen_d, blocks_total=len(blocks),
         blocks_kept=tuple(b.name for b in kept), time_limit=limit, max_memory=mem, budget=settings.budget,

@@ -228,7 +228,11 @@ def _actual_dict(phases: Sequence[Any]) -> dict[str, Any] | None:
         return None
     keys = ("seconds", "hvps", "block_backwards", "gradients", "forwards")
     totals = {k: sum(getattr(p, k) for p in phases) for k in keys}
-    return {**totals, "peak_bytes": max(p.peak_bytes for p in phases), "phases": [p.to_dict() for p in phases]}
+    return {
+        **totals,
+        "peak_bytes": max(p.peak_bytes for p in phases),
+        "phases": [p.to_dict() for p in phases],
+    }
 
 
 def _module_of(name: str) -> str:
@@ -369,7 +373,10 @@ def run_hessian(
         )  # fmt: skip
         begin("SLQ")
         dens = slq(
-            _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed,
+            _Counted(op, tick, "SLQ"),
+            num_probes=settings.probes,
+            steps=settings.steps,
+            seed=settings.seed,
             reorthogonalize=settings.reorthogonalize,
         )
     results: list[SLQResult | ExactSpectrum] = []
@@ -396,7 +403,11 @@ def run_hessian(
 
 
 def _block_spectra(
-    op: Any, blocks: Sequence[AnyBlock], settings: HessianSettings, tick: Callable[..., None], meter: Any = None
+    op: Any,
+    blocks: Sequence[AnyBlock],
+    settings: HessianSettings,
+    tick: Callable[..., None],
+    meter: Any = None,
 ) -> tuple[list[SLQResult | ExactSpectrum], int]:
     """Exact spectra for the blocks :func:`exact_block_mask` picks, lockstep block SLQ for the rest (each
     with the probes it would draw among all blocks); results in block order, and the backward count."""
