@@ -52,7 +52,8 @@ class UnitCosts:
 
     ``gradient_s``: loss + first-order gradient of every batch (in "reuse" mode this builds the graphs
     every later HVP reuses); ``hvp_s``: one full HVP; ``block_backward_s``: one pruned block backward,
-    mean over the sampled blocks; ``exact_column_s``: one exact-block column (batched backwards), 0 when
+    mean over the sampled blocks; ``exact_column_s``/``exact_backward_s``: one column / one vectorised
+    backward of the largest block that will be exact (columns batched as the run batches them), 0 when
     no block is exact. ``baseline_bytes``: memory before the work (model, data, libraries);
     ``work_bytes``: peak above it while measuring (kept graphs + one HVP's transient)."""
 
@@ -63,6 +64,7 @@ class UnitCosts:
     hvp_s: float
     block_backward_s: float
     exact_column_s: float
+    exact_backward_s: float
     measure_s: float
     model_bytes: int
     graph_bytes: int
@@ -182,19 +184,20 @@ def measure_units(
         )
         bb = max(step - (t1 - t0 if op.mode != "reuse" else 0.0), 0.0) / len(sample)
         backs = bd.num_block_hvps
-    col = 0.0
-    small = sorted((b for b in blocks if b.numel <= exact_limit), key=lambda b: b.numel)
+    col = vb = 0.0
+    small = [b for b in blocks if b.numel <= exact_limit]
     if small:
-        b = small[len(small) // 2]
+        b = max(small, key=lambda b: b.numel)
         t4 = time.perf_counter()
-        block_matrices(op, [b])
-        col = (time.perf_counter() - t4) / b.numel
+        _, count = block_matrices(op, [b])
+        spent = time.perf_counter() - t4
+        col, vb = spent / b.numel, spent / max(1, count)
     item = torch.empty(0, dtype=op.dtype).element_size()
     model = sum(p.numel() * p.element_size() for p in op._leaves)
     graphs = int(op._estimated_total_bytes()) if op.mode == "reuse" else int(op.graph_bytes or 0)
     return UnitCosts(
         mode=op.mode, dim=int(op.dim), num_batches=len(op._active), gradient_s=t1 - t0, hvp_s=hvp,
-        block_backward_s=bb, exact_column_s=col, measure_s=time.perf_counter() - t0, model_bytes=model,
+        block_backward_s=bb, exact_column_s=col, exact_backward_s=vb, measure_s=time.perf_counter() - t0, model_bytes=model,
         graph_bytes=graphs, vector_bytes=int(op.dim) * max(item, 4), baseline_bytes=base,
         work_bytes=max(0, memory.peak() - base), memory_source=memory.source, measure_hvps=hvps,
         measure_block_backwards=backs,
@@ -246,8 +249,22 @@ def phase_costs(
         dims = [d for d, e in zip(block_dims, mask, strict=True) if e]
         vbacks = sum(math.ceil(d / max(1, chunk(d) if chunk else d)) for d in dims) * nb
         mats = min(sum(d * d * item for d in dims), MAX_EXACT_BYTES) + max(d * d * 8 for d in dims)
-        add("exact blocks", 0, vbacks, 1 if rebuild else 0, cost.exact_columns * u.exact_column_s, mats)
+        add("exact blocks", 0, vbacks, 1 if rebuild else 0, vbacks * u.exact_backward_s, mats)
     return out
+
+
+def column_phase(units: UnitCosts, name: str, tensors: Sequence[tuple[int, int]]) -> PhaseCost:
+    """A phase of exact Hessian columns restricted to single tensors (the head-structure check): per
+    ``(numel, columns)`` one operator (its graphs built: one gradient and forward per batch) and
+    ``columns`` restricted columns (counted as block backwards; batched like exact-block columns)."""
+    u = units
+    per_col = u.exact_column_s or u.block_backward_s
+    cols = sum(c for _, c in tensors)
+    item = u.vector_bytes // max(u.dim, 1)
+    mats = max((n * c * (item + 8) for n, c in tensors), default=0)
+    builds = len(tensors) * u.num_batches
+    seconds = len(tensors) * u.gradient_s + cols * per_col
+    return PhaseCost(name, 0, cols, builds, builds, seconds, u.baseline_bytes + u.work_bytes + mats, mats)
 
 
 def spread_blocks(blocks: Sequence[Any], per_group: int) -> list[Any]:
@@ -282,12 +299,16 @@ def _levels(settings: Any, dim: int) -> list[Any]:
 
 
 def fit_plan(
-    units: UnitCosts, settings: Any, blocks: Sequence[Any], chunk: Any = None
+    units: UnitCosts, settings: Any, blocks: Sequence[Any], chunk: Any = None, extra: Sequence[PhaseCost] = ()
 ) -> tuple[Any, list[Any], Plan]:
     """The largest settings (and, when needed, an even subset of blocks) whose plan fits the settings'
     ``time_limit`` (seconds) and ``max_memory`` (bytes); :class:`InputError` naming the flag when even
-    the smallest useful plan does not fit."""
+    the smallest useful plan does not fit. ``extra``: phases of fixed cost that follow (head structure)."""
     settings = apply_budget(settings)
+
+    def costs(u: UnitCosts, s: Any, dims: Sequence[int], ch: Any) -> list[PhaseCost]:
+        return [*phase_costs(u, s, dims, ch), *extra]
+
     limit, mem = settings.time_limit, settings.max_memory
     avail = None if limit is None else max(0.0, (limit - units.measure_s) * TIME_MARGIN)
 
@@ -305,7 +326,7 @@ def fit_plan(
         levels = [x for s in levels for x in (s, replace(s, reorthogonalize=False))]
     chosen, kept = None, list(blocks)
     for s in levels:
-        if fits(phase_costs(units, s, [b.numel for b in kept], chunk)):
+        if fits(costs(units, s, [b.numel for b in kept], chunk)):
             chosen = s
             break
     if chosen is None and len(blocks) > 1:
@@ -313,7 +334,7 @@ def fit_plan(
         most = max(len(v) for v in _group_sizes(blocks).values())
         for k in range(most - 1, 0, -1):
             sub = spread_blocks(blocks, k)
-            if fits(phase_costs(units, s, [b.numel for b in sub], chunk)):
+            if fits(costs(units, s, [b.numel for b in sub], chunk)):
                 chosen, kept = s, sub
                 break
         if chosen is not None:
@@ -322,7 +343,7 @@ def fit_plan(
                 "(q, k, v, attention output, MLP, norm, embedding, ...), evenly spaced over depth"
             )
     if chosen is None:
-        smallest = phase_costs(units, levels[-1], [b.numel for b in spread_blocks(blocks, 1)], chunk)
+        smallest = costs(units, levels[-1], [b.numel for b in spread_blocks(blocks, 1)], chunk)
         t = units.measure_s + sum(p.seconds for p in smallest)
         peak = max([units.baseline_bytes + units.work_bytes] + [p.peak_bytes for p in smallest])
         over_t = avail is not None and sum(p.seconds for p in smallest) > avail
@@ -339,7 +360,7 @@ def fit_plan(
             f"budget chose probes {chosen.probes} x steps {chosen.steps} (full), {chosen.block_probes} x "
             f"{chosen.block_steps} (blocks), Lanczos <= {chosen.lanczos_steps or 'default'} steps"
         )
-    phases = phase_costs(units, chosen, [b.numel for b in kept], chunk)
+    phases = costs(units, chosen, [b.numel for b in kept], chunk)
     chosen_d = {
         k: getattr(chosen, k)
         for k in ("probes", "steps", "block_probes", "block_steps", "lanczos_steps", "top_k")
@@ -362,9 +383,13 @@ def _group_sizes(blocks: Sequence[Any]) -> dict[str, list[int]]:
     return groups
 
 
-def plan_run(op: Any, blocks: Sequence[Any], settings: Any) -> tuple[PhaseMeter, Any, list[Any], Plan]:
+def plan_run(
+    op: Any, blocks: Sequence[Any], settings: Any, column_work: Sequence[tuple[str, Any]] = ()
+) -> tuple[PhaseMeter, Any, list[Any], Plan]:
     """Measure unit costs on ``op`` (its graphs stay for the run), fit the plan, and return the meter
-    (already timing: its first phase is "measure"), the chosen settings and blocks, and the plan."""
+    (already timing: its first phase is "measure"), the chosen settings and blocks, and the plan.
+    ``column_work``: ``(phase name, [(numel, columns), ...])`` of restricted-column phases that follow
+    the run (:func:`column_phase`)."""
     memory = PeakMemory(op.device)
     meter = PhaseMeter(memory)
     meter.attach(op)
@@ -374,7 +399,8 @@ def plan_run(op: Any, blocks: Sequence[Any], settings: Any) -> tuple[PhaseMeter,
         units = measure_units(op, blocks, memory, seed=settings.seed, exact_limit=exact)
         meter.phases[-1].hvps = units.measure_hvps
         meter.add_block_backwards(units.measure_block_backwards)
-        chosen, kept, plan = fit_plan(units, settings, blocks, chunk=op._chunk)
+        extra = [column_phase(units, name, work) for name, work in column_work]
+        chosen, kept, plan = fit_plan(units, settings, blocks, chunk=op._chunk, extra=extra)
     except BaseException:
         meter.finish()
         raise

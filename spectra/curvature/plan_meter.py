@@ -9,16 +9,18 @@ is not used.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FULL_HVP_LABELS", "PeakMemory", "PhaseActual", "PhaseMeter"]
+__all__ = ["FULL_HVP_LABELS", "PeakMemory", "PhaseActual", "PhaseMeter", "measure_phase"]
 
 #: Progress labels whose steps are full-model HVPs.
 FULL_HVP_LABELS = ("Lanczos", "SLQ", "exact Hessian")
@@ -173,3 +175,33 @@ class PhaseMeter:
         self.detach()
         self.memory.close()
         return self.phases
+
+
+@dataclass
+class _Holder:
+    done: PhaseActual | None = None
+
+
+@contextlib.contextmanager
+def measure_phase(name: str, model: Any, *, enabled: bool = True) -> Iterator[_Holder]:
+    """Time a phase run outside the operator (the head-structure check): seconds, peak memory and the
+    model's forward passes (a forward hook); each of its forwards builds a graph, so gradients = forwards.
+    The caller fills in the work counts it knows; ``holder.done`` is set on exit (None when disabled)."""
+    holder = _Holder()
+    if not enabled:
+        yield holder
+        return
+    memory = PeakMemory(next((p.device for p in model.parameters()), None))
+    memory.reset()
+    phase = PhaseActual(name)
+    hook = model.register_forward_pre_hook(lambda *_: setattr(phase, "forwards", phase.forwards + 1))
+    t0 = time.perf_counter()
+    try:
+        yield holder
+    finally:
+        hook.remove()
+        phase.seconds = time.perf_counter() - t0
+        phase.peak_bytes = memory.peak()
+        phase.gradients = phase.forwards
+        memory.close()
+        holder.done = phase

@@ -305,6 +305,7 @@ def run_hessian(
     progress: Progress | None = None,
     on_estimate: Callable[[CostEstimate], None] | None = None,
     on_plan: Callable[[Any], None] | None = None,
+    column_work: Sequence[tuple[str, Any]] = (),
 ) -> HessianReport:
     """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see spectra/docs/curvature_operators.md).
 
@@ -313,7 +314,9 @@ def run_hessian(
     ``block_notes`` (how they were chosen) go into the report's notes. ``on_estimate(cost)`` is called
     once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
     label)`` after every HVP or lockstep block step. When ``settings.planned`` the unit costs are
-    measured first, probes/steps/blocks fitted to the budget, and ``on_plan(plan)`` called before the work.
+    measured first, probes/steps/blocks fitted to the budget (``column_work``: restricted-column phases
+    the caller runs afterwards, see :func:`hessian_spectra.curvature.plan.plan_run`), and ``on_plan(plan)``
+    called before the work.
     """
     from hessian_spectra.curvature.hessian import HessianOperator
 
@@ -343,7 +346,7 @@ def run_hessian(
     if settings.planned:
         from hessian_spectra.curvature.plan import plan_run
 
-        meter, settings, blocks, plan = plan_run(op, blocks, settings)
+        meter, settings, blocks, plan = plan_run(op, blocks, settings, column_work)
         if on_plan is not None:
             on_plan(plan)
     begin = meter.begin if meter is not None else (lambda name: None)

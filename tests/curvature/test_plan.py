@@ -78,7 +78,7 @@ def test_spread_blocks_even_over_depth_and_every_group():
 
 def _units(**kw):
     base = dict(mode="reuse", dim=10_000, num_batches=2, gradient_s=0.5, hvp_s=1.0, block_backward_s=0.1,
-                exact_column_s=0.01, measure_s=5.0, model_bytes=40_000, graph_bytes=10**6, vector_bytes=40_000,
+                exact_column_s=0.01, exact_backward_s=0.05, measure_s=5.0, model_bytes=40_000, graph_bytes=10**6, vector_bytes=40_000,
                 baseline_bytes=10**9, work_bytes=10**7, memory_source="test")  # fmt: skip
     return UnitCosts(**{**base, **kw})
 
