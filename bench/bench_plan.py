@@ -122,14 +122,17 @@ def main() -> None:
         cmd += ["--max-memory", args.max_memory]
     load = Path("/proc/loadavg").read_text().strip()
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    with open(args.out / "stderr.txt", "w") as err:  # streamed: a long run shows its plan and progress
+        proc = subprocess.run(
+            cmd, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "2"}
+        )
     wall = time.perf_counter() - t0
-    (args.out / "stderr.txt").write_text(proc.stderr)
+    stderr = (args.out / "stderr.txt").read_text()
     out = {"command": " ".join(cmd), "loadavg_before": load, "exit": proc.returncode, "wall_s": wall}
     if proc.returncode == 0:
         out.update(summary(json.loads((report / "report.json").read_text())))
     else:
-        out["stderr_tail"] = proc.stderr[-2000:]
+        out["stderr_tail"] = stderr[-2000:]
     text = json.dumps(out, indent=1)
     (args.out / "result.json").write_text(text)
     print(text)

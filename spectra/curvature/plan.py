@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-from hessian_spectra.curvature.block_exact import MAX_EXACT_BYTES, block_matrices
+from hessian_spectra.curvature.block_exact import MAX_EXACT_BYTES
 from hessian_spectra.curvature.budget import MIN_LANCZOS_STEPS, MIN_PROBES, MIN_STEPS, apply_budget
 from hessian_spectra.curvature.budget import format_bytes as fb
 from hessian_spectra.curvature.budget import format_seconds as fs
@@ -52,9 +52,9 @@ class UnitCosts:
 
     ``gradient_s``: loss + first-order gradient of every batch (in "reuse" mode this builds the graphs
     every later HVP reuses); ``hvp_s``: one full HVP; ``block_backward_s``: one pruned block backward,
-    mean over the sampled blocks; ``exact_column_s``/``exact_backward_s``: one column / one vectorised
-    backward of the largest block that will be exact (columns batched as the run batches them), 0 when
-    no block is exact. ``baseline_bytes``: memory before the work (model, data, libraries);
+    mean over the sampled blocks (exact-block and head-structure columns are planned at this cost each,
+    an upper bound where columns are batched); ``row_pass_s``: one Krylov basis row of a projection
+    pass. ``baseline_bytes``: memory before the work (model, data, libraries);
     ``work_bytes``: peak above it while measuring (kept graphs + one HVP's transient)."""
 
     mode: str
@@ -63,8 +63,7 @@ class UnitCosts:
     gradient_s: float
     hvp_s: float
     block_backward_s: float
-    exact_column_s: float
-    exact_backward_s: float
+    row_pass_s: float
     measure_s: float
     model_bytes: int
     graph_bytes: int
@@ -156,15 +155,36 @@ def _warm_time(fn: Any, min_total: float = 1.0, reps: int = 3) -> float:
     return min(times[1:]) if len(times) > 1 else times[0]
 
 
+def _chain_s(u: UnitCosts, steps: int, share: float, reorth: bool) -> float:
+    """Seconds of one Lanczos chain's own vector work over ``steps`` steps on a ``share`` of the
+    parameters: ~6 row passes a step, plus full reorthogonalisation (step j projects against j rows and
+    subtracts them: 2j passes) when the basis is kept. Lanczos' partial reorthogonalisation is planned at
+    half of the full cost."""
+    passes = 6 * steps + (steps * (steps + 1) if reorth else 0)
+    return passes * share * u.row_pass_s
+
+
+def _row_pass_s(dim: int, dtype: torch.dtype, device: Any) -> float:
+    """Seconds per basis row of one projection pass (``mv`` + ``addmv`` over 2 rows, as the chain does)."""
+    from hessian_spectra.krylov.chain import basis_dtype
+
+    dt = basis_dtype(dtype)
+    Q = torch.ones(2, dim, dtype=dt, device=device)
+    w = torch.ones(dim, dtype=dt, device=device)
+
+    def once() -> None:
+        w.addmv_(Q.T, torch.mv(Q, w), alpha=-1e-9)
+
+    return _warm_time(once, min_total=0.2, reps=4) / 2
+
+
 def _chunked(rows: int) -> int:
     return math.ceil(rows / _ROWS) * _ROWS
 
 
-def measure_units(
-    op: Any, blocks: Sequence[Any], memory: PeakMemory, *, seed: int = 0, exact_limit: int = 0
-) -> UnitCosts:
-    """Time one gradient, one HVP and one pruned backward on up to :data:`SAMPLE_BLOCKS` blocks (and one
-    exact-block column batch when some block is exact); the graphs built stay for the run."""
+def measure_units(op: Any, blocks: Sequence[Any], memory: PeakMemory, *, seed: int = 0) -> UnitCosts:
+    """Time one gradient, one Krylov step (HVP + chain), one pruned backward on up to :data:`SAMPLE_BLOCKS`
+    blocks and one basis-row pass; the graphs built stay for the run."""
     memory.reset()
     base = memory.current()
     t0 = time.perf_counter()
@@ -184,22 +204,16 @@ def measure_units(
         )
         bb = max(step - (t1 - t0 if op.mode != "reuse" else 0.0), 0.0) / len(sample)
         backs = bd.num_block_hvps
-    col = vb = 0.0
-    small = [b for b in blocks if b.numel <= exact_limit]
-    if small:
-        b = max(small, key=lambda b: b.numel)
-        t4 = time.perf_counter()
-        _, count = block_matrices(op, [b])
-        spent = time.perf_counter() - t4
-        col, vb = spent / b.numel, spent / max(1, count)
     item = torch.empty(0, dtype=op.dtype).element_size()
+    peak = memory.peak()  # before the row-pass timing's own vectors
+    rp = _row_pass_s(int(op.dim), op.dtype, op.device)
     model = sum(p.numel() * p.element_size() for p in op._leaves)
     graphs = int(op._estimated_total_bytes()) if op.mode == "reuse" else int(op.graph_bytes or 0)
     return UnitCosts(
         mode=op.mode, dim=int(op.dim), num_batches=len(op._active), gradient_s=t1 - t0, hvp_s=hvp,
-        block_backward_s=bb, exact_column_s=col, exact_backward_s=vb, measure_s=time.perf_counter() - t0, model_bytes=model,
+        block_backward_s=bb, row_pass_s=rp, measure_s=time.perf_counter() - t0, model_bytes=model,
         graph_bytes=graphs, vector_bytes=int(op.dim) * max(item, 4), baseline_bytes=base,
-        work_bytes=max(0, memory.peak() - base), memory_source=memory.source, measure_hvps=hvps,
+        work_bytes=max(0, peak - base), memory_source=memory.source, measure_hvps=hvps,
         measure_block_backwards=backs,
     )  # fmt: skip
 
@@ -228,11 +242,20 @@ def phase_costs(
         d = u.dim
         add("exact Hessian", d, 0, 0, d * u.hvp_s, d * d * (vec // max(d, 1) + 8))
     elif settings.full:
-        add("Lanczos", cost.lanczos_hvps, 0, cost.lanczos_hvps if rebuild else 0, cost.lanczos_hvps * u.hvp_s,
-            _chunked(cost.lanczos_hvps + 1) * vec)  # fmt: skip
+        lz = cost.lanczos_hvps
+        add("Lanczos", lz, 0, lz if rebuild else 0, lz * u.hvp_s + _chain_s(u, lz, 1, True) / 2,
+            _chunked(lz + 1) * vec)  # fmt: skip
         m = min(settings.steps, u.dim)
         rows = _chunked(m + 1) if settings.reorthogonalize else 3
-        add("SLQ", cost.slq_hvps, 0, cost.slq_hvps if rebuild else 0, cost.slq_hvps * u.hvp_s, rows * vec)
+        chain = settings.probes * _chain_s(u, m, 1, settings.reorthogonalize)
+        add(
+            "SLQ",
+            cost.slq_hvps,
+            0,
+            cost.slq_hvps if rebuild else 0,
+            cost.slq_hvps * u.hvp_s + chain,
+            rows * vec,
+        )
     mask = exact_block_mask(block_dims, settings)
     item = vec // max(u.dim, 1)
     if cost.block_lockstep_calls:
@@ -244,21 +267,27 @@ def phase_costs(
         basis = sum(rows(d) * d * item for d, e in zip(block_dims, mask, strict=True) if not e)
         backs = cost.block_backwards * nb
         builds = cost.block_lockstep_calls if rebuild else 0
-        add("block SLQ", 0, backs, builds, backs / nb * u.block_backward_s + builds * u.gradient_s, basis)
+        chain = settings.block_probes * sum(
+            _chain_s(u, min(settings.block_steps, d), d / max(u.dim, 1), settings.reorthogonalize)
+            for d, e in zip(block_dims, mask, strict=True)
+            if not e
+        )
+        seconds = backs / nb * u.block_backward_s + builds * u.gradient_s + chain
+        add("block SLQ", 0, backs, builds, seconds, basis)
     if cost.exact_blocks:
         dims = [d for d, e in zip(block_dims, mask, strict=True) if e]
         vbacks = sum(math.ceil(d / max(1, chunk(d) if chunk else d)) for d in dims) * nb
         mats = min(sum(d * d * item for d in dims), MAX_EXACT_BYTES) + max(d * d * 8 for d in dims)
-        add("exact blocks", 0, vbacks, 1 if rebuild else 0, vbacks * u.exact_backward_s, mats)
+        add("exact blocks", 0, vbacks, 1 if rebuild else 0, cost.exact_columns * u.block_backward_s, mats)
     return out
 
 
 def column_phase(units: UnitCosts, name: str, tensors: Sequence[tuple[int, int]]) -> PhaseCost:
     """A phase of exact Hessian columns restricted to single tensors (the head-structure check): per
     ``(numel, columns)`` one operator (its graphs built: one gradient and forward per batch) and
-    ``columns`` restricted columns (counted as block backwards; batched like exact-block columns)."""
+    ``columns`` restricted columns (counted as block backwards, each planned at one pruned backward)."""
     u = units
-    per_col = u.exact_column_s or u.block_backward_s
+    per_col = u.block_backward_s
     cols = sum(c for _, c in tensors)
     item = u.vector_bytes // max(u.dim, 1)
     mats = max((n * c * (item + 8) for n, c in tensors), default=0)
@@ -395,8 +424,7 @@ def plan_run(
     meter.attach(op)
     meter.begin("measure")
     try:
-        exact = settings.block_probes * settings.block_steps if settings.exact else 0
-        units = measure_units(op, blocks, memory, seed=settings.seed, exact_limit=exact)
+        units = measure_units(op, blocks, memory, seed=settings.seed)
         meter.phases[-1].hvps = units.measure_hvps
         meter.add_block_backwards(units.measure_block_backwards)
         extra = [column_phase(units, name, work) for name, work in column_work]

@@ -4,6 +4,8 @@ and refusals when even the smallest useful plan cannot fit."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hessian_spectra.curvature.blocks import Block
@@ -78,7 +80,7 @@ def test_spread_blocks_even_over_depth_and_every_group():
 
 def _units(**kw):
     base = dict(mode="reuse", dim=10_000, num_batches=2, gradient_s=0.5, hvp_s=1.0, block_backward_s=0.1,
-                exact_column_s=0.01, exact_backward_s=0.05, measure_s=5.0, model_bytes=40_000, graph_bytes=10**6, vector_bytes=40_000,
+                row_pass_s=0.0, measure_s=5.0, model_bytes=40_000, graph_bytes=10**6, vector_bytes=40_000,
                 baseline_bytes=10**9, work_bytes=10**7, memory_source="test")  # fmt: skip
     return UnitCosts(**{**base, **kw})
 
@@ -91,6 +93,13 @@ def test_phase_costs_arithmetic():
     # 2 probes x 10 steps for each of 2 blocks, on each of 2 batches
     assert phases["block SLQ"].block_backwards == 2 * 10 * 2 * 2
     assert phases["Lanczos"].basis_bytes == 48 * 40_000  # 41 rows in chunks of 16
+    # the chain's own vector work: 6 row passes a step plus 2j for full reorthogonalisation at step j
+    chained = {p.name: p for p in phase_costs(_units(row_pass_s=0.001), s, [100, 500])}
+    assert chained["SLQ"].seconds == pytest.approx(120.0 + 4 * (6 * 30 + 30 * 31) * 0.001)
+    no_basis = {
+        p.name: p for p in phase_costs(_units(row_pass_s=0.001), replace(s, reorthogonalize=False), [100])
+    }
+    assert no_basis["SLQ"].seconds == pytest.approx(120.0 + 4 * 6 * 30 * 0.001)
     recompute = {p.name: p for p in phase_costs(_units(mode="recompute"), s, [100, 500])}
     assert recompute["SLQ"].forwards == 120 * 2 and recompute["block SLQ"].gradients == 20 * 2
 
