@@ -51,7 +51,7 @@ def minilm() -> Path:
 
 
 def decoder_dir(path: Path, layers: int = 12, width: int = 768, vocab: int = 16000) -> Path:
-    """A GPT-2 decoder of ~98M parameters (12 x 768, vocab 16,000) with a WordLevel tokenizer."""
+    """A GPT-2 decoder (default ~98M parameters: 12 x 768, vocab 16,000; 12 heads) with a WordLevel tokenizer."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -64,7 +64,9 @@ def decoder_dir(path: Path, layers: int = 12, width: int = 768, vocab: int = 160
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=layers, n_embd=width, n_head=12, vocab_size=vocab, n_positions=256)
+    cfg = GPT2Config(
+        n_layer=layers, n_embd=width, n_head=12 if width % 12 == 0 else 8, vocab_size=vocab, n_positions=256
+    )
     GPT2LMHeadModel(cfg).save_pretrained(path)
     fast.save_pretrained(path)
     return path
@@ -101,7 +103,7 @@ def summary(doc: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", choices=("minilm", "decoder"), required=True)
+    ap.add_argument("--model", choices=("minilm", "decoder", "small-decoder"), required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--time-limit", default="10m")
     ap.add_argument("--max-memory", default=None)
@@ -112,8 +114,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.model == "minilm":
         model, data, extra = minilm(), PAIRS, ["--task", "embedding"]
-    else:
+    elif args.model == "decoder":
         model, data, extra = decoder_dir(args.out / "decoder"), text_file(args.out / "data.txt"), []
+    else:  # ~4.3M parameters: 4 x 256, vocab 4,000
+        small = decoder_dir(args.out / "decoder", layers=4, width=256, vocab=4000)
+        model, data, extra = small, text_file(args.out / "data.txt"), []
     report = args.out / "report"
     cmd = ["spectra", "hessian", str(model), "--data", str(data), *extra, "--out", str(report),
            "--batches", str(args.batches), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
