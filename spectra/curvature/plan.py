@@ -378,9 +378,11 @@ def fit_plan(
         over_t = avail is not None and sum(p.seconds for p in smallest) > avail
         flag = "--time-limit" if over_t else "--max-memory"
         what = f"about {fs(t)} > {fs(limit)}" if over_t else f"about {fb(peak)} > {fb(mem)}"
+        parts = ", ".join(f"{p.name} {fs(p.seconds) if over_t else fb(p.peak_bytes)}" for p in smallest)
         raise InputError(
             flag, f"even the smallest useful plan ({MIN_PROBES} probes x {MIN_STEPS} steps, one block per group) "
-            f"needs {what} (one HVP takes {fs(units.hvp_s)}); allow more or use fewer/smaller --batches",
+            f"needs {what} (measuring {fs(units.measure_s)}, {parts}; one HVP {fs(units.hvp_s)}); allow more "
+            "or use fewer/smaller --batches",
         )  # fmt: skip
     if not chosen.reorthogonalize and settings.reorthogonalize:
         notes.append("SLQ without reorthogonalisation (no stored Krylov basis) to fit --max-memory")
