@@ -13,14 +13,22 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FULL_HVP_LABELS", "PeakMemory", "PhaseActual", "PhaseMeter", "measure_phase"]
+__all__ = [
+    "FULL_HVP_LABELS",
+    "PeakMemory",
+    "PhaseActual",
+    "NO_METER",
+    "PhaseMeter",
+    "actual_dict",
+    "measure_phase",
+]
 
 #: Progress labels whose steps are full-model HVPs.
 FULL_HVP_LABELS = ("Lanczos", "SLQ", "exact Hessian")
@@ -205,3 +213,32 @@ def measure_phase(name: str, model: Any, *, enabled: bool = True) -> Iterator[_H
         phase.gradients = phase.forwards
         memory.close()
         holder.done = phase
+
+
+def actual_dict(phases: Sequence[Any]) -> dict[str, Any] | None:
+    """Totals and per-phase work of a planned run, in the plan's units."""
+    if not phases:
+        return None
+    keys = ("seconds", "hvps", "block_backwards", "gradients", "forwards")
+    totals = {k: sum(getattr(p, k) for p in phases) for k in keys}
+    return {
+        **totals,
+        "peak_bytes": max(p.peak_bytes for p in phases),
+        "phases": [p.to_dict() for p in phases],
+    }
+
+
+class _NoMeter:
+    """The meter of an unplanned run: every call does nothing, :meth:`finish` returns no phases."""
+
+    def begin(self, name: str) -> None: ...
+
+    def tick(self, label: str) -> None: ...
+
+    def add_block_backwards(self, n: int) -> None: ...
+
+    def finish(self) -> list[PhaseActual]:
+        return []
+
+
+NO_METER = _NoMeter()

@@ -20,6 +20,7 @@ from hessian_spectra.curvature.block_builders import head_blocks, layer_blocks, 
 from hessian_spectra.curvature.block_exact import exact_block_spectra
 from hessian_spectra.curvature.block_operators import check_block
 from hessian_spectra.curvature.blocks import AnyBlock, Block
+from hessian_spectra.curvature.plan_meter import NO_METER, actual_dict
 from hessian_spectra.curvature.probe_cost import (
     CostEstimate,
     _Counted,
@@ -211,7 +212,7 @@ class HessianReport:
                 "weighting": self.weighting,
                 "notes": list(self.notes),
                 "plan": None if self.plan is None else self.plan.to_dict(),
-                "actual": _actual_dict(self.actual),
+                "actual": actual_dict(self.actual),
                 "lanczos": None if self.lanczos is None else self.lanczos.to_dict(),
                 "density": density,
                 "blocks": [
@@ -220,19 +221,6 @@ class HessianReport:
                 ],
             }
         )
-
-
-def _actual_dict(phases: Sequence[Any]) -> dict[str, Any] | None:
-    """Totals and per-phase work of a planned run, in the plan's units."""
-    if not phases:
-        return None
-    keys = ("seconds", "hvps", "block_backwards", "gradients", "forwards")
-    totals = {k: sum(getattr(p, k) for p in phases) for k in keys}
-    return {
-        **totals,
-        "peak_bytes": max(p.peak_bytes for p in phases),
-        "phases": [p.to_dict() for p in phases],
-    }
 
 
 def _module_of(name: str) -> str:
@@ -342,14 +330,13 @@ def run_hessian(
             raise InputError("--blocks", "an empty block list was given")
         for b in blocks:
             check_block(b, op.param_shapes)
-    meter = plan = None
+    meter, plan = NO_METER, None
     if settings.planned:
-        from hessian_spectra.curvature.plan import plan_run
+        from hessian_spectra.curvature.plan_fit import plan_run
 
         meter, settings, blocks, plan = plan_run(op, blocks, settings, column_work)
         if on_plan is not None:
             on_plan(plan)
-    begin = meter.begin if meter is not None else (lambda name: None)
     cost = estimate_cost(op.dim, len(op.batches), [b.numel for b in blocks], settings)
     if on_estimate is not None:
         on_estimate(cost)
@@ -358,23 +345,22 @@ def run_hessian(
     def tick(label: str) -> None:
         nonlocal done
         done += 1
-        if meter is not None:
-            meter.tick(label)
+        meter.tick(label)
         if progress is not None:
             progress(done, max(cost.total_hvps, done), label)
 
     start = time.perf_counter()
     lz = dens = None
     if cost.exact_full:
-        begin("exact Hessian")
+        meter.begin("exact Hessian")
         lz = dens = dense_spectrum(_Counted(op, tick, "exact Hessian"), top_k=settings.top_k)
     elif settings.full:
-        begin("Lanczos")
+        meter.begin("Lanczos")
         lz = lanczos(
             _Counted(op, tick, "Lanczos"), settings.top_k, which="both", max_steps=settings.lanczos_steps,
             seed=settings.seed,
         )  # fmt: skip
-        begin("SLQ")
+        meter.begin("SLQ")
         dens = slq(
             _Counted(op, tick, "SLQ"),
             num_probes=settings.probes,
@@ -394,7 +380,7 @@ def run_hessian(
                            f"(e.g. embedding rows of tokens absent from them): {', '.join(zero[:5])}"
                            + (", ..." if len(zero) > 5 else ""))  # fmt: skip
     seconds = time.perf_counter() - start
-    actual = tuple(meter.finish()) if meter is not None else ()
+    actual = tuple(meter.finish())
     if progress is not None:
         progress(done, done, "done")
     return HessianReport(
@@ -410,7 +396,7 @@ def _block_spectra(
     blocks: Sequence[AnyBlock],
     settings: HessianSettings,
     tick: Callable[..., None],
-    meter: Any = None,
+    meter: Any = NO_METER,
 ) -> tuple[list[SLQResult | ExactSpectrum], int]:
     """Exact spectra for the blocks :func:`exact_block_mask` picks, lockstep block SLQ for the rest (each
     with the probes it would draw among all blocks); results in block order, and the backward count."""
@@ -419,8 +405,7 @@ def _block_spectra(
     backwards = 0
     est = [i for i, e in enumerate(mask) if not e]
     if est:
-        if meter is not None:
-            meter.begin("block SLQ")
+        meter.begin("block SLQ")
         bd = op.block_diagonal([blocks[i] for i in est])
         out = slq_lockstep(
             _Counted(bd, tick, "block SLQ"), num_probes=settings.block_probes, steps=settings.block_steps,
@@ -429,18 +414,15 @@ def _block_spectra(
         for i, r in zip(est, out, strict=True):
             results[i] = r
         backwards += bd.num_block_hvps
-        if meter is not None:
-            meter.add_block_backwards(bd.num_block_hvps)
+        meter.add_block_backwards(bd.num_block_hvps)
     exact = [i for i, e in enumerate(mask) if e]
     if exact:
-        if meter is not None:
-            meter.begin("exact blocks")
+        meter.begin("exact blocks")
         spectra, count = exact_block_spectra(
             op, [blocks[i] for i in exact], progress=lambda n: tick("exact blocks")
         )
         for i, r in zip(exact, spectra, strict=True):
             results[i] = r
         backwards += count
-        if meter is not None:
-            meter.add_block_backwards(count)
+        meter.add_block_backwards(count)
     return [r for r in results if r is not None], backwards

@@ -17,7 +17,8 @@ from hessian_spectra.curvature.budget import (
     parse_bytes,
     parse_duration,
 )
-from hessian_spectra.curvature.plan import UnitCosts, fit_plan, phase_costs, spread_blocks
+from hessian_spectra.curvature.plan import UnitCosts, phase_costs
+from hessian_spectra.curvature.plan_fit import fit_plan, spread_blocks
 from hessian_spectra.curvature.probe import HessianSettings, run_hessian
 from hessian_spectra.errors import InputError
 from support.cli import FACTORY, run_cli
