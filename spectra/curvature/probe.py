@@ -303,7 +303,7 @@ def run_hessian(
     once the operator is built and before the first HVP (the CLI prints it); ``progress(done, total,
     label)`` after every HVP or lockstep block step. When ``settings.planned`` the unit costs are
     measured first, probes/steps/blocks fitted to the budget (``column_work``: restricted-column phases
-    the caller runs afterwards, see :func:`hessian_spectra.curvature.plan.plan_run`), and ``on_plan(plan)``
+    the caller runs afterwards, see :func:`hessian_spectra.curvature.plan_fit.plan_run`), and ``on_plan(plan)``
     called before the work.
     """
     from hessian_spectra.curvature.hessian import HessianOperator
@@ -335,6 +335,7 @@ def run_hessian(
         from hessian_spectra.curvature.plan_fit import plan_run
 
         meter, settings, blocks, plan = plan_run(op, blocks, settings, column_work)
+        block_notes = (*block_notes, *plan.notes)
         if on_plan is not None:
             on_plan(plan)
     cost = estimate_cost(op.dim, len(op.batches), [b.numel for b in blocks], settings)
