@@ -19,7 +19,14 @@ from hessian_spectra.analyses.structure import _pick_columns, mass_share, random
 from hessian_spectra.io import json_safe
 from torch import nn
 
-__all__ = ["HeadCheck", "HeadStructureReport", "head_labels", "attention_heads", "head_structure"]
+__all__ = [
+    "HeadCheck",
+    "HeadStructureReport",
+    "head_labels",
+    "attention_heads",
+    "head_columns",
+    "head_structure",
+]
 
 #: Roles checked and the axis (in nn.Linear layout) along which heads are laid out.
 HEAD_AXIS = {"q": 0, "k": 0, "v": 0, "qkv": 0, "attn_out": 1}
@@ -110,6 +117,46 @@ def _module_types(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def _targets(model: nn.Module, n_heads: int, params: Sequence[str] | None, notes: list[str]) -> list[tuple]:
+    """The projections the head check reads: ``(index, name, parameter, role, head labels, heads)``;
+    tensors not divisible into heads are noted in ``notes``."""
+    from hessian_spectra.weights.roles import tensor_role
+
+    types = _module_types(model)
+    named = dict(model.named_parameters())
+    out = []
+    for i, name in enumerate(list(params) if params is not None else list(named)):
+        p = named[name]
+        role = tensor_role(name, module_type=types.get(name))
+        if role not in HEAD_AXIS or p.ndim != 2 or not p.requires_grad:
+            continue
+        axis = HEAD_AXIS[role]
+        if types.get(name) == "Conv1D":  # GPT-2 stores (in, out)
+            axis = 1 - axis
+        heads = n_heads * (3 if role == "qkv" else 1)
+        if p.shape[axis] % heads:
+            notes.append(f"{name}: axis {axis} of length {p.shape[axis]} not divisible into {heads} heads")
+            continue
+        out.append((i, name, p, role, head_labels(tuple(p.shape), heads, axis), heads))
+    return out
+
+
+def head_columns(
+    model: nn.Module,
+    n_heads: int,
+    *,
+    params: Sequence[str] | None = None,
+    max_columns: int = 1024,
+    seed: int = 0,
+) -> list[tuple[int, int]]:
+    """``(numel, columns)`` of every tensor :func:`head_structure` would check (the same columns): its cost
+    for the plan before the work."""
+    return [
+        (p.numel(), int(_pick_columns(labels, max_columns, seed + i)[0].numel()))
+        for i, _, p, _, labels, _ in _targets(model, n_heads, params, [])
+    ]
+
+
 def head_structure(
     model: nn.Module,
     batches: Any,
@@ -124,27 +171,11 @@ def head_structure(
 ) -> HeadStructureReport:
     """Per-head mass share of every recognised attention projection (see the module docstring)."""
     from hessian_spectra.curvature.hessian import HessianOperator
-    from hessian_spectra.weights.roles import tensor_role
 
-    types = _module_types(model)
-    named = dict(model.named_parameters())
     checks: list[HeadCheck] = []
     notes: list[str] = []
     hvps = 0
-    names = list(params) if params is not None else list(named)
-    for i, name in enumerate(names):
-        p = named[name]
-        role = tensor_role(name, module_type=types.get(name))
-        if role not in HEAD_AXIS or p.ndim != 2 or not p.requires_grad:
-            continue
-        axis = HEAD_AXIS[role]
-        if types.get(name) == "Conv1D":  # GPT-2 stores (in, out)
-            axis = 1 - axis
-        heads = n_heads * (3 if role == "qkv" else 1)
-        if p.shape[axis] % heads:
-            notes.append(f"{name}: axis {axis} of length {p.shape[axis]} not divisible into {heads} heads")
-            continue
-        labels = head_labels(tuple(p.shape), heads, axis)
+    for i, name, _p, role, labels, heads in _targets(model, n_heads, params, notes):
         cols, exact = _pick_columns(labels, max_columns, seed + i)
         op = HessianOperator(model, batches, loss, params=[name], dtype=dtype)
         E = torch.zeros(op.dim, cols.numel(), dtype=op.dtype, device=op.device)

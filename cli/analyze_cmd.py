@@ -22,11 +22,17 @@ def run_analysis(model, batches, loss, settings, options, *, source: str, weight
         if not quiet:
             err_console().print(f"[bold]{safe(label)}[/]: cost estimate {safe(cost.describe())}")
 
+    def announce_plan(plan) -> None:
+        if not quiet:
+            for line in plan.table().splitlines():
+                err_console().print(safe(line), highlight=False)
+
     # one bar per Hessian phase ("hessian: Lanczos", "gpt: block SLQ"); never "hessian hessian"
     with progress_bar(label, quiet=quiet, unit="steps", phased=True) as update:
         return analyze_model(
             model, batches, loss, settings, source=source, options=options, weights_source=weights_source,
-            progress=update, on_estimate=announce, extra=extra, kind=kind, inputs=inputs, resume=resume,
+            progress=update, on_estimate=announce, on_plan=announce_plan, extra=extra, kind=kind, inputs=inputs,
+            resume=resume,
         )  # fmt: skip
 
 
@@ -177,6 +183,9 @@ def analyze(
     seed: o.Seed = 0,
     exact: o.Exact = True,
     confidence: o.Confidence = 0.95,
+    time_limit: o.TimeLimit = None,
+    budget: o.Budget = None,
+    max_memory: o.MaxMemory = None,
     device: o.Device = "auto",
     device_map: o.DeviceMap = None,
     allow_missing: o.AllowMissing = False,
@@ -191,7 +200,7 @@ def analyze(
     settings = o.hessian_settings(
         batches=batches, top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps,
         blocks=blocks, max_blocks_per_tensor=max_blocks_per_tensor, heads=heads, dtype=dtype, seed=seed, exact=exact,
-        confidence=confidence,
+        confidence=confidence, time_limit=time_limit, budget=budget, max_memory=max_memory,
     )  # fmt: skip
     dev, device_map = o.resolve_placement(device, device_map)
     options = AnalyzeOptions(

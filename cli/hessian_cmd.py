@@ -39,6 +39,9 @@ def hessian(
     seed: o.Seed = 0,
     exact: o.Exact = True,
     confidence: o.Confidence = 0.95,
+    time_limit: o.TimeLimit = None,
+    budget: o.Budget = None,
+    max_memory: o.MaxMemory = None,
     device: o.Device = "auto",
     device_map: o.DeviceMap = None,
     allow_missing: o.AllowMissing = False,
@@ -51,7 +54,7 @@ def hessian(
     settings = o.hessian_settings(
         batches=batches, top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps,
         blocks=blocks, max_blocks_per_tensor=max_blocks_per_tensor, heads=heads, dtype=dtype, seed=seed, exact=exact,
-        confidence=confidence,
+        confidence=confidence, time_limit=time_limit, budget=budget, max_memory=max_memory,
     )  # fmt: skip
     dev, dmap = o.resolve_placement(device, device_map)
     options = AnalyzeOptions(weights=False, structure=False, recommendations=False, n_heads=heads)

@@ -83,6 +83,24 @@ EXACT_HELP = (
     "steps parameters from their Hessian columns (--no-exact: estimate everything)."
 )
 Exact = Annotated[bool, typer.Option("--exact/--no-exact", help=EXACT_HELP)]
+TimeLimit = Annotated[
+    str | None,
+    typer.Option(
+        "--time-limit",
+        help="Wall-time budget (90s, 10m, 1h): unit costs are measured first, then probes, steps and (big "
+        "models) an even subset of blocks per group are chosen to fit; refused if even the smallest plan cannot.",
+    ),
+]
+Budget = Annotated[
+    str | None,
+    typer.Option("--budget", help="quick, standard or thorough: probe/step counts (explicit flags win)."),
+]
+MaxMemory = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory", help="Peak memory budget of the run (4GiB, 512MiB): fewer Lanczos steps to fit."
+    ),
+]
 
 
 def max_blocks(value: int) -> int | None:
@@ -95,9 +113,12 @@ def max_blocks(value: int) -> int | None:
 def hessian_settings(
     *, batches: int, top_k: int, probes: int, steps: int, block_probes: int, block_steps: int, blocks: str,
     max_blocks_per_tensor: int, heads: int | None, dtype: str | None, seed: int, exact: bool = True,
-    confidence: float = 0.95,
+    confidence: float = 0.95, time_limit: str | None = None, budget: str | None = None,
+    max_memory: str | None = None,
 ):  # fmt: skip
-    """The HessianSettings of a command line (checked: InputError naming the bad flag)."""
+    """The HessianSettings of a command line (checked: InputError naming the bad flag); the CLI always
+    plans (measures unit costs and prints the plan before the work)."""
+    from hessian_spectra.curvature.budget import parse_bytes, parse_duration
     from hessian_spectra.curvature.probe import HessianSettings
 
     if batches < 0:
@@ -105,7 +126,8 @@ def hessian_settings(
     return HessianSettings(
         top_k=top_k, probes=probes, steps=steps, block_probes=block_probes, block_steps=block_steps, blocks=blocks,
         n_heads=heads, dtype=dtype, seed=seed, max_blocks_per_tensor=max_blocks(max_blocks_per_tensor), exact=exact,
-        confidence=confidence,
+        confidence=confidence, time_limit=None if time_limit is None else parse_duration(time_limit),
+        max_memory=None if max_memory is None else parse_bytes(max_memory), budget=budget, plan=True,
     )  # fmt: skip
 
 

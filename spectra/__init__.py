@@ -87,6 +87,9 @@ _EXPORTS: dict[str, str] = {
     "run_hessian": "hessian_spectra.curvature.probe",
     "HessianSettings": "hessian_spectra.curvature.probe",
     "HessianReport": "hessian_spectra.curvature.probe",
+    "Plan": "hessian_spectra.curvature.plan",
+    "parse_duration": "hessian_spectra.curvature.budget",
+    "parse_bytes": "hessian_spectra.curvature.budget",
     # sharpness inside a training loop
     "SharpnessTracker": "hessian_spectra.curvature.tracking",
     "SharpnessRecord": "hessian_spectra.curvature.tracking",

@@ -4,7 +4,7 @@ per-head structure, recommendations) in turn, giving the report.json document an
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -79,6 +79,7 @@ def analyze_model(
     progress: Progress | None = None,
     weights_progress: Progress | None = None,
     on_estimate: Callable[[Any], None] | None = None,
+    on_plan: Callable[[Any], None] | None = None,
     extra: Mapping[str, Any] | None = None,
     kind: str = "analyze",
     inputs: Mapping[str, Any] | None = None,
@@ -103,9 +104,20 @@ def analyze_model(
     options = options or AnalyzeOptions()
     choice = hessian_blocks(model, settings)
     settings = choice.settings
+    heads = None
+    if options.structure:
+        from hessian_spectra.analyses.head_structure import attention_heads, head_columns
+
+        heads = options.n_heads or settings.n_heads or attention_heads(model)
+    columns = (
+        head_columns(model, heads, max_columns=options.structure_max_columns, seed=settings.seed)
+        if heads
+        else []
+    )
     hess = run_hessian(
         model, batches, loss, settings, blocks=choice.blocks, block_notes=choice.notes, progress=progress,
-        on_estimate=on_estimate, resume=resume,
+        on_estimate=on_estimate, resume=resume, on_plan=on_plan,
+        column_work=[("head structure", columns)] if columns else (),
     )  # fmt: skip
     het = (
         analyze_heterogeneity(spectra_from_hessian(hess), dtype=hess.dtype, seed=settings.seed)
@@ -113,14 +125,17 @@ def analyze_model(
         else None
     )
     structure = None
-    if options.structure:
-        from hessian_spectra.analyses.head_structure import attention_heads, head_structure
+    if heads:
+        from hessian_spectra.analyses.head_structure import head_structure
+        from hessian_spectra.curvature.plan_meter import measure_phase
 
-        heads = options.n_heads or settings.n_heads or attention_heads(model)
-        if heads:
+        with measure_phase("head structure", model, enabled=hess.plan is not None) as phase:
             structure = head_structure(
                 model, batches, loss, heads, max_columns=options.structure_max_columns, seed=settings.seed
             )
+        if phase.done:
+            phase.done.block_backwards = structure.num_hvps
+            hess = replace(hess, actual=(*hess.actual, phase.done))
     weights = recs = None
     if options.weights:
         from hessian_spectra.weights.plan import WeightsSettings

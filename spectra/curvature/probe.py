@@ -20,6 +20,7 @@ import torch
 from hessian_spectra.curvature.block_builders import head_blocks, layer_blocks, parameter_blocks
 from hessian_spectra.curvature.block_operators import check_block
 from hessian_spectra.curvature.blocks import AnyBlock, Block
+from hessian_spectra.curvature.plan_meter import NO_METER, actual_dict
 from hessian_spectra.curvature.probe_blocks import block_spectra
 from hessian_spectra.curvature.probe_cost import (
     CostEstimate,
@@ -63,7 +64,10 @@ class HessianSettings:
     ``max_blocks_per_tensor``: cap on the blocks one tensor contributes under ``"adam-mini"`` (None: all);
     ``full``/``block``: which parts to run; ``exact``: compute a block's spectrum exactly from its n
     Hessian columns when n <= ``block_probes`` x ``block_steps`` (cheaper than its SLQ), and the whole
-    model's when its dimension is <= ``probes`` x ``steps`` (replacing Lanczos and SLQ); ``vector_device``:
+    model's when its dimension is <= ``probes`` x ``steps`` (replacing Lanczos and SLQ); ``time_limit``
+    (seconds), ``max_memory`` (bytes), ``budget`` (quick/standard/thorough) and ``plan``: measure unit
+    costs first and fit probes, steps and blocks to them (:mod:`hessian_spectra.curvature.plan`; any of
+    the first three implies ``plan``); ``vector_device``:
     where the flat Krylov vectors live (None: the first parameter's device; "cpu" when a model-parallel
     model's vectors would not fit on its GPU); ``confidence``: the level of every interval in the report
     (traces, spectral masses).
@@ -87,6 +91,18 @@ class HessianSettings:
     mode: str = "auto"
     dtype: str | None = None
     confidence: float = 0.95
+    time_limit: float | None = None
+    max_memory: int | None = None
+    budget: str | None = None
+    plan: bool = False
+    #: False: full and block SLQ keep no Krylov basis (three vectors per chain, no reorthogonalisation,
+    #: as the "Why Transformers Need Adam" code); the plan turns it off when the basis would not fit
+    reorthogonalize: bool = True
+
+    @property
+    def planned(self) -> bool:
+        """Whether the run measures unit costs and makes a plan first."""
+        return bool(self.plan or self.time_limit or self.max_memory or self.budget)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the bad option."""
@@ -110,6 +126,13 @@ class HessianSettings:
             raise InputError("--confidence", f"must be between 0 and 1 (e.g. 0.95), got {self.confidence}")
         if self.dtype not in (None, "float32", "float64"):
             raise InputError("--dtype", f"must be float32 or float64, got {self.dtype!r}")
+        from hessian_spectra.curvature.budget import BUDGETS
+
+        if self.budget is not None and self.budget not in BUDGETS:
+            raise InputError("--budget", f"unknown budget {self.budget!r}; use one of {', '.join(BUDGETS)}")
+        for key in ("time_limit", "max_memory"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise InputError(f"--{key.replace('_', '-')}", f"must be positive, got {getattr(self, key)}")
         if not (self.full or self.block):
             raise InputError(None, "nothing to do: both the full-model and the block analysis are off")
 
@@ -135,6 +158,10 @@ class HessianReport:
     num_block_backwards: int = 0
     #: the dtype the HVPs ran in (flat blocks are judged against its rounding)
     dtype: str = ""
+    #: the plan made before the work (:class:`hessian_spectra.curvature.plan.Plan`) and what the run
+    #: actually did per phase (:class:`hessian_spectra.curvature.plan_meter.PhaseActual`), when planned
+    plan: Any = None
+    actual: tuple[Any, ...] = ()
 
     def block_summary(self) -> list[dict[str, Any]]:
         """Per block: name, parameter (None for a block of several parameters; ``params`` lists them),
@@ -184,6 +211,8 @@ class HessianReport:
                 "seconds": self.seconds,
                 "weighting": self.weighting,
                 "notes": list(self.notes),
+                "plan": None if self.plan is None else self.plan.to_dict(),
+                "actual": actual_dict(self.actual),
                 "lanczos": None if self.lanczos is None else self.lanczos.to_dict(),
                 "density": density,
                 "blocks": [
@@ -271,6 +300,8 @@ def run_hessian(
     progress: Progress | None = None,
     on_estimate: Callable[[CostEstimate], None] | None = None,
     resume: Any = None,
+    on_plan: Callable[[Any], None] | None = None,
+    column_work: Sequence[tuple[str, Any]] = (),
 ) -> HessianReport:
     """Run the Hessian probe on ``model`` over ``batches`` (mean loss, see spectra/docs/curvature_operators.md).
 
@@ -281,7 +312,10 @@ def run_hessian(
     :class:`~hessian_spectra.curvature.resume.ResumeStore`) saves each finished phase and, resuming,
     loads the saved ones instead of computing them; ``progress(done, total,
     phase)`` after every HVP, lockstep block step or exact block, with ``done``/``total`` counting that
-    phase's steps (:func:`phase_steps`), and once with phase "done" at the end.
+    phase's steps (:func:`phase_steps`), and once with phase "done" at the end. When ``settings.planned``
+    the unit costs are measured first, probes/steps/blocks fitted to the budget (``column_work``:
+    restricted-column phases the caller runs afterwards, see
+    :func:`hessian_spectra.curvature.plan_fit.plan_run`), and ``on_plan(plan)`` called before the work.
     """
     from hessian_spectra.curvature.hessian import HessianOperator
 
@@ -307,6 +341,14 @@ def run_hessian(
             raise InputError("--blocks", "an empty block list was given")
         for b in blocks:
             check_block(b, op.param_shapes)
+    meter, plan = NO_METER, None
+    if settings.planned:
+        from hessian_spectra.curvature.plan_fit import plan_run
+
+        meter, settings, blocks, plan = plan_run(op, blocks, settings, column_work)
+        block_notes = (*block_notes, *plan.notes)
+        if on_plan is not None:
+            on_plan(plan)
     cost = estimate_cost(op.dim, len(op.batches), [b.numel for b in blocks], settings)
     if on_estimate is not None:
         on_estimate(cost)
@@ -318,12 +360,14 @@ def run_hessian(
         nonlocal done
         done += 1
         phase_done[label] = phase_done.get(label, 0) + 1
+        meter.tick(label)
         if progress is not None:
             n = phase_done[label]
             progress(n, max(phase_totals.get(label, n), n), label)
 
-    def phase(name: str, compute: Callable[[], Any]) -> Any:
-        """``compute()``, or its saved value when resuming (ticks and operator notes restored too)."""
+    def phase(name: str, compute: Callable[[], Any], label: str | None = None) -> Any:
+        """``compute()``, or its saved value when resuming (ticks and operator notes restored too);
+        ``label``: the plan's phase the work is metered under (None: the caller begins it)."""
         nonlocal done
         saved = resume.load(name) if resume is not None else None
         if saved is not None:
@@ -331,6 +375,8 @@ def run_hessian(
             op.notes.extend(saved["notes"])
             return saved["value"]
         ticks, notes = done, len(op.notes)
+        if label is not None:
+            meter.begin(label)
         value = compute()
         if resume is not None:
             resume.save(name, {"value": value, "ticks": done - ticks, "notes": op.notes[notes:]})
@@ -340,20 +386,22 @@ def run_hessian(
     lz = dens = None
     if cost.exact_full:
         lz = dens = phase(
-            "exact_hessian", lambda: dense_spectrum(_Counted(op, tick, "exact Hessian"), top_k=settings.top_k)
+            "exact_hessian", lambda: dense_spectrum(_Counted(op, tick, "exact Hessian"), top_k=settings.top_k),
+            "exact Hessian",
         )
     elif settings.full:
         lz = phase("lanczos", lambda: lanczos(
             _Counted(op, tick, "Lanczos"), settings.top_k, which="both", max_steps=settings.lanczos_steps,
             seed=settings.seed,
-        ))  # fmt: skip
+        ), "Lanczos")  # fmt: skip
         dens = phase("slq", lambda: slq(
-            _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed
-        ))  # fmt: skip
+            _Counted(op, tick, "SLQ"), num_probes=settings.probes, steps=settings.steps, seed=settings.seed,
+            reorthogonalize=settings.reorthogonalize,
+        ), "SLQ")  # fmt: skip
     results: list[SLQResult | ExactSpectrum] = []
     backwards = 0
     if blocks:
-        results, backwards = block_spectra(op, blocks, settings, tick, phase)
+        results, backwards = block_spectra(op, blocks, settings, tick, phase, meter)
         zero = [
             b.name for b, r in zip(blocks, results, strict=True) if r.ritz_max == 0.0 and r.ritz_min == 0.0
         ]
@@ -363,10 +411,12 @@ def run_hessian(
                            + (", ..." if len(zero) > 5 else ""))  # fmt: skip
     op.notes[:] = list(dict.fromkeys(op.notes))  # a resumed run meets the graph notes again
     seconds = time.perf_counter() - start
+    actual = tuple(meter.finish())
     if progress is not None:
         progress(0, 0, "done")
     return HessianReport(
         settings=settings, cost=cost, dim=op.dim, lanczos=lz, density=dens, blocks=tuple(blocks),
         block_results=tuple(results), num_hvps=done, seconds=seconds, notes=tuple(op.notes) + tuple(block_notes),
         weighting=op.weighting, num_block_backwards=backwards, dtype=str(op.dtype).replace("torch.", ""),
+        plan=plan, actual=actual,
     )  # fmt: skip
