@@ -115,10 +115,12 @@ def fit_plan(
         flag = "--time-limit" if over_t else "--max-memory"
         what = f"about {fs(t)} > {fs(limit)}" if over_t else f"about {fb(peak)} > {fb(mem)}"
         parts = ", ".join(f"{p.name} {fs(p.seconds) if over_t else fb(p.peak_bytes)}" for p in smallest)
+        worst = max(smallest, key=lambda p: p.seconds if over_t else p.peak_bytes)
+        hint = "--no-structure, " if worst.name == "head structure" else ""  # a fixed cost nothing above shrinks
         raise InputError(
             flag, f"even the smallest useful plan ({MIN_PROBES} probes x {MIN_STEPS} steps, one block per group) "
             f"needs {what} (measuring {fs(units.measure_s)}, {parts}; one HVP {fs(units.hvp_s)}); allow more "
-            "or use fewer/smaller --batches",
+            f"or use {hint}fewer/smaller --batches",
         )  # fmt: skip
     if not chosen.reorthogonalize and settings.reorthogonalize:
         notes.append("SLQ without reorthogonalisation (no stored Krylov basis) to fit --max-memory")

@@ -17,7 +17,7 @@ from hessian_spectra.curvature.budget import (
     parse_bytes,
     parse_duration,
 )
-from hessian_spectra.curvature.plan import UnitCosts, phase_costs
+from hessian_spectra.curvature.plan import PhaseCost, UnitCosts, phase_costs
 from hessian_spectra.curvature.plan_fit import fit_plan, spread_blocks
 from hessian_spectra.curvature.probe import HessianSettings, run_hessian
 from hessian_spectra.errors import InputError
@@ -121,6 +121,10 @@ def test_fit_plan_shrinks_then_subsets_then_refuses():
         fit_plan(_units(), HessianSettings(time_limit=30.0, exact=False), blocks)
     with pytest.raises(InputError, match="--max-memory"):
         fit_plan(_units(), HessianSettings(max_memory=10**8, exact=False), blocks)
+    # a head-structure check that alone exceeds the limit (MiniLM: whole heads, hours) names --no-structure
+    heads = PhaseCost("head structure", 0, 294_912, 0, 0, 8 * 3600.0, 10**9, 0)
+    with pytest.raises(InputError, match="use --no-structure, fewer"):
+        fit_plan(_units(), HessianSettings(time_limit=600.0, exact=False), blocks, extra=[heads])
 
 
 def test_fit_plan_drops_the_basis_before_refusing_on_memory():
