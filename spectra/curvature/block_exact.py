@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from hessian_spectra.curvature.block_operators import BlockDiagonalOperator
 from hessian_spectra.curvature.blocks import AnyBlock
-from hessian_spectra.curvature.guards import is_double_backward_error
 from hessian_spectra.krylov.exact import ExactSpectrum, symmetric_eigvalsh
 
 __all__ = ["block_matrices", "exact_block_spectra"]
@@ -90,12 +89,8 @@ def block_matrices(
         try:
             return _columns(plan, grads, leaves, E, batched=True)
         except (RuntimeError, NotImplementedError) as err:
-            if is_double_backward_error(err):
-                raise
-            op._batched_ok = False
-            op.notes.append(
-                f"batched backward (is_grads_batched) failed ({err!s:.120}); exact blocks computed one column "
-                "at a time"
+            op._stop_batching(
+                err, "batched backward (is_grads_batched)", "exact blocks computed one column at a time"
             )
             return _columns(plan, grads, leaves, E, batched=False)
 

@@ -109,6 +109,14 @@ class _HessianProducts(_CurvatureBase):
         out = acc[0]
         return torch.zeros(self.dim, dtype=self.dtype, device=self.device) if out is None else out
 
+    def _stop_batching(self, err: Exception, what: str, instead: str) -> None:
+        """After a batched call failed: a double-backward error is a real failure (re-raised); anything
+        else turns batching off for this operator, said in its notes."""
+        if is_double_backward_error(err):
+            raise err
+        self._batched_ok = False
+        self.notes.append(f"{what} failed ({err!s:.120}); {instead}")
+
     def _batched_hvp(self, grads, leaves, Vc: torch.Tensor, keep: bool) -> torch.Tensor:
         kc = Vc.shape[1]
         if self._batched_ok:
@@ -123,12 +131,7 @@ class _HessianProducts(_CurvatureBase):
                 ]
                 return self._cat_cols(flat)
             except (RuntimeError, NotImplementedError) as err:
-                if is_double_backward_error(err):
-                    raise
-                self._batched_ok = False
-                self.notes.append(
-                    f"batched backward (is_grads_batched) failed ({err!s:.120}); looping over vectors"
-                )
+                self._stop_batching(err, "batched backward (is_grads_batched)", "looping over vectors")
         cols = []
         for j in range(kc):
             keep_j = keep or j < kc - 1
@@ -159,10 +162,7 @@ class _HessianProducts(_CurvatureBase):
                         out += w * self._cat_cols([h.reshape(k, -1) for h in hs])
                         done = True
                     except (RuntimeError, NotImplementedError) as err:
-                        if is_double_backward_error(err):
-                            raise
-                        self._batched_ok = False
-                        self.notes.append(f"vmap over jvp failed ({err!s:.120}); looping over vectors")
+                        self._stop_batching(err, "vmap over jvp", "looping over vectors")
                 if not done:
                     for j in range(k):
                         hs = hvp(*self.split(V[:, j]))

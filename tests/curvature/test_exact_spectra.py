@@ -122,3 +122,34 @@ def test_probe_goes_exact_where_cheaper_and_says_so():
     for a, b in zip(rep.block_results, off.block_results, strict=True):
         if not isinstance(a, ExactSpectrum):
             np.testing.assert_array_equal(a.nodes, b.nodes)
+
+
+def test_a_failing_batched_backward_falls_back_to_columns_and_says_so(monkeypatch):
+    """When ``is_grads_batched`` fails (an op without a batching rule), the operator's matmat and the exact
+    block columns both turn batching off, note it once each, and stay exact; a double-backward error is
+    not swallowed."""
+    case = get_case("mlp")
+    H = case_hessian("mlp")
+    grad = torch.autograd.grad
+
+    def no_batching(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule for this op")
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    op = HessianOperator(case.model, case.batches, case.loss, dtype=torch.float64)
+    E = torch.eye(op.dim, dtype=torch.float64)[:, :6]
+    assert float((op.matmat(E) - H[:, :6]).abs().max()) <= 1e-12 * float(H.abs().max())
+    assert not op._batched_ok and any("looping over vectors" in n for n in op.notes)
+    op = HessianOperator(case.model, case.batches, case.loss, dtype=torch.float64)
+    op._exact_mode = "batched"
+    blocks = parameter_blocks(op)
+    mats, _ = block_matrices(op, blocks)
+    for b, m in zip(blocks, mats, strict=True):
+        idx = _index(op, b)
+        assert float((m - H[idx][:, idx]).abs().max()) <= 1e-12 * float(H.abs().max()), b.name
+    assert any("one column at a time" in n for n in op.notes)
+    kernel = RuntimeError("derivative for aten::_scaled_dot_product_flash_attention_backward is not implemented")
+    with pytest.raises(RuntimeError, match="flash_attention"):
+        op._stop_batching(kernel, "batched backward", "looping")
