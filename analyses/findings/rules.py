@@ -126,8 +126,8 @@ def optimizer_advice(
 def _top_drivers(het: Mapping[str, Any], n: int = 3) -> list[dict[str, Any]]:
     """The groups that move the verdict's statistic most (leave-one-group-out ``effect`` > 0, largest
     first): the same ranking the report's heterogeneity section prints, never a JS convention's."""
-    rows = (het.get("drivers") or {}).get("statistic") or []
-    return sorted((d for d in rows if (d.get("effect") or 0) > 0), key=lambda d: -d["effect"])[:n]
+    rows = (het.get("drivers") or {}).get("statistic") or []  # ranked by effect by the analysis
+    return [d for d in rows if (d.get("effect") or 0) > 0][:n]
 
 
 def adam_mini_advice(

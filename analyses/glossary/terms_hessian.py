@@ -31,7 +31,7 @@ TERMS = (
       "as trace", "small relative to |trace| = enough probes; raise --probes / --block-probes otherwise", SLQ),
     t("in_js", "in JS", "whether the block entered the pairwise JS matrices (blocks with fewer than 16 eigenvalues do not: a handful of eigenvalues is not a density)",
       "yes/no", "'no' blocks still count in the scale spread", "-"),
-    t("flat", "flat", "the block's Hessian is zero up to rounding: max |eigenvalue| below 1e-6 x the largest block lambda_max of the model (or the heterogeneity analysis' own flat list when it gives one)",
+    t("flat", "flat", "the block's Hessian is zero up to rounding: its spectral radius is at most the HVP dtype's rounding (eps x the model's curvature scale; the heterogeneity analysis' flat list, with the likely reason); a report without that analysis uses max |eigenvalue| <= 1e-6 x the largest block lambda_max",
       "yes/no", "flat blocks have no curvature (e.g. a key bias under softmax, tokens absent from the data); they are drawn as markers, not densities", "-"),
     t("ritz_end", "end", "which end of the spectrum a Ritz value belongs to: top (largest eigenvalues) or bottom (smallest)",
       "-", "-", LANCZOS),

@@ -26,7 +26,7 @@ def make_figures(
             d.grid, d.values, top=() if lz is None else lz.top, bottom=() if lz is None else lz.bottom
         )
     if hessian is not None and hessian.block_results:
-        flat = set(flat) | ({f.name for f in heterogeneity.flat} if heterogeneity is not None else set())
+        flat = set(flat)
         exact = set(hessian.exact_block_names) - flat
         names, grids, dens = [], [], []
         for b, r in zip(hessian.blocks, hessian.block_results, strict=True):

@@ -7,8 +7,7 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from hessian_spectra.analyses.report.html_page import _CSS
-from hessian_spectra.analyses.report.html_page import inline_html as _html_text
+from hessian_spectra.analyses.report.html_page import _CSS, inline_html
 from hessian_spectra.analyses.report.numbers import fmt
 from hessian_spectra.analyses.track.plots import CAPTIONS
 
@@ -17,7 +16,7 @@ __all__ = ["render_track_html"]
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-    out += ["<tr>" + "".join(f"<td>{_html_text(c if isinstance(c, str) else fmt(c))}</td>" for c in r) + "</tr>" for r in rows]
+    out += ["<tr>" + "".join(f"<td>{inline_html(c if isinstance(c, str) else fmt(c))}</td>" for c in r) + "</tr>" for r in rows]
     return "".join(out) + "</table>"
 
 
@@ -30,7 +29,7 @@ def _figure(key: str, png: bytes) -> str:
 
 def _clip_section(clip: Mapping[str, Any]) -> list[str]:
     body = ["<h2>Spectral clipping threshold from the measured updates</h2>",
-            f"<p><b>Rule.</b> {_html_text(clip['rule'])}.</p>"]  # fmt: skip
+            f"<p><b>Rule.</b> {inline_html(clip['rule'])}.</p>"]  # fmt: skip
     rows = []
     for g in clip["groups"]:
         d = clip["details"].get(g["group"], {})
@@ -39,7 +38,7 @@ def _clip_section(clip: Mapping[str, Any]) -> list[str]:
                      d.get("paper_c"), d.get("share_clipped_by_paper_c"), worst or "-", g["reason"]])  # fmt: skip
     body.append(_table(["group", "c", "samples", "median u", "max u", "paper c", "share the paper c clips",
                         "largest u", "reason"], rows))  # fmt: skip
-    body += [f"<p>{_html_text(n)}</p>" for n in clip.get("notes", [])]
+    body += [f"<p>{inline_html(n)}</p>" for n in clip.get("notes", [])]
     return body
 
 
@@ -52,7 +51,7 @@ def render_track_html(doc: Mapping[str, Any], figures: Mapping[str, bytes]) -> s
             f"<p class='meta'>Schema {html.escape(doc['schema_version'])}; hessian-spectra "
             f"{html.escape(str(prov.get('tool_version')))}, torch {html.escape(str(prov.get('torch')))}, seed "
             f"{prov.get('seed')}, created {html.escape(str(prov.get('created_utc')))}.</p>",
-            "<h2>Summary</h2>", "<ul>" + "".join(f"<li>{_html_text(p)}</li>" for p in doc["findings"]) + "</ul>"]  # fmt: skip
+            "<h2>Summary</h2>", "<ul>" + "".join(f"<li>{inline_html(p)}</li>" for p in doc["findings"]) + "</ul>"]  # fmt: skip
     lr = {u["to_step"]: u for u in doc["updates"]}
     hess = {h["step"]: h for h in doc["hessian"] or []}
     rows = [[c["step"], c["path"], c["step_source"], (lr.get(c["step"]) or {}).get("steps"),
@@ -80,7 +79,7 @@ def render_track_html(doc: Mapping[str, Any], figures: Mapping[str, bytes]) -> s
     if notes:
         body += [
             "<h2>Notes</h2>",
-            "<ul>" + "".join(f"<li>{_html_text(n)}</li>" for n in dict.fromkeys(notes)) + "</ul>",
+            "<ul>" + "".join(f"<li>{inline_html(n)}</li>" for n in dict.fromkeys(notes)) + "</ul>",
         ]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

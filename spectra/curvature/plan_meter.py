@@ -154,6 +154,9 @@ class PhaseMeter:
             self._op = None
 
     def begin(self, name: str) -> None:
+        """Start phase ``name``; the phase still open under that name continues (work split into parts)."""
+        if self.phases and self.phases[-1].name == name and not self.phases[-1].seconds:
+            return
         self._close()
         if not self.phases:
             self.baseline_bytes = self.memory.current()

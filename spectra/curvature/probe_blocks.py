@@ -53,14 +53,11 @@ def block_spectra(
             results[i] = r
         backwards += got["backwards"]
     exact = [i for i, e in enumerate(mask) if e]
-    metered = [False]  # the exact groups that run are one metered phase
     for g0 in range(0, len(exact), EXACT_GROUP):
         group = exact[g0 : g0 + EXACT_GROUP]
 
         def exact_group(group: list[int] = group) -> dict[str, Any]:
-            if not metered[0]:
-                meter.begin("exact blocks")
-                metered[0] = True
+            meter.begin("exact blocks")  # the groups that run continue one metered phase
             spectra, count = exact_block_spectra(
                 op, [blocks[i] for i in group], progress=lambda n: tick("exact blocks")
             )
