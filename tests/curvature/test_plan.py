@@ -168,9 +168,8 @@ class _Wide(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore:Lanczos stopped")
-def test_memory_model_matches_measured_peak():
-    """Planned bytes above the pre-run baseline (kept graphs + HVP transient + Krylov basis) within 1.5x of
-    the measured high-water mark, on a run whose basis (64 rows x 4 MB) dominates."""
+def _memory_run() -> tuple[int, int, int]:
+    """(Lanczos basis bytes, planned and measured peak bytes above the baseline) of the _Wide run."""
     model = _Wide()
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 1000, generator=g), torch.randn(8, 1000, generator=g))]
@@ -179,9 +178,25 @@ def test_memory_model_matches_measured_peak():
     r = run_hessian(model, batches, loss, s)
     plan, actual = r.plan, {p.name: p for p in r.actual}
     lz = next(p for p in plan.phases if p.name == "Lanczos")
-    assert lz.basis_bytes == 64 * 1001000 * 4
     base = plan.units.baseline_bytes
-    planned, measured = lz.peak_bytes - base, actual["Lanczos"].peak_bytes - base
+    return lz.basis_bytes, lz.peak_bytes - base, actual["Lanczos"].peak_bytes - base
+
+
+def test_memory_model_matches_measured_peak():
+    """Planned bytes above the pre-run baseline (kept graphs + HVP transient + Krylov basis) within 1.5x of
+    the measured high-water mark, on a run whose basis (64 rows x 4 MB) dominates. Measured in a fresh
+    interpreter: inside a long test session freed-but-resident memory is reused, so the high-water mark
+    rises less than the run allocates (it failed once in four full-suite runs here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    code = (f"import sys; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]; import test_plan; "
+            "print(*test_plan._memory_run())")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    basis, planned, measured = (int(x) for x in out.stdout.split()[-3:])
+    assert basis == 64 * 1001000 * 4
     assert planned / 1.5 <= measured <= planned * 1.5, (planned, measured)
 
 
